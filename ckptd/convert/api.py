@@ -90,6 +90,10 @@ class Converter(Protocol):
     def probe(self, source: Path) -> SourceInfo | None:
         """Recognise ``source`` (a step dir, actor dir, format dir or file); None if not this format."""
 
+    def plan(self, source: SourceInfo, request: ConvertRequest) -> dict[str, Any]:
+        """What a conversion would do, without doing it (``ckptd convert --plan``): the inferred
+        layout, bytes to read and write, and the output shard plan (file -> tensor count, bytes)."""
+
     def write_weights(
         self, source: SourceInfo, request: ConvertRequest, staging: Path, hooks: ConvertHooks
     ) -> WeightsReport:

@@ -51,10 +51,11 @@ def copy_assets(base_dir: Path, staging: Path) -> list[str]:
 
 
 def write_config(staging: Path, base_config: dict[str, Any], dtype_name: str) -> dict[str, Any]:
+    """config.json with the dtype key(s) the base used: ``torch_dtype`` (transformers 4) or ``dtype`` (5)."""
     config = dict(base_config)
-    config["torch_dtype"] = dtype_name
-    if "dtype" in config:
-        config["dtype"] = dtype_name
+    keys = [key for key in ("torch_dtype", "dtype") if key in config] or ["dtype"]
+    for key in keys:
+        config[key] = dtype_name
     (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 
