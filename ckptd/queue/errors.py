@@ -1,0 +1,21 @@
+"""Queue-specific errors (the shared ones, such as ``LeaseLostError``, live in ``ckptd.errors``)."""
+
+from __future__ import annotations
+
+from ckptd.errors import CkptdError
+
+
+class InvalidTransitionError(CkptdError):
+    """A state change the state machine forbids; a bug in the caller, so never retried."""
+
+    permanent = True
+
+
+class JobNotFoundError(CkptdError):
+    permanent = True
+
+
+class SchemaError(CkptdError):
+    """The database schema does not match this version of ckptd."""
+
+    permanent = True

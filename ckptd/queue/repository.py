@@ -1,0 +1,378 @@
+"""The queue API workers, the scanner and the CLI use: enqueue, claim, heartbeat, finish, fail, reap.
+
+Each method is one short transaction; none is ever held across a conversion (pitfalls.md 18), except
+:meth:`JobRepository.publish_and_finish`, which holds the write lock only for the caller's rename.
+Writes by a worker present the fencing token from its :class:`Claim`; a stale token changes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+
+from ckptd.queue import queries
+from ckptd.queue.backoff import DEFAULT_BASE_S, DEFAULT_CAP_S, Backoff
+from ckptd.queue.dialect import claim_candidate, insert_unless_exists, upsert
+from ckptd.queue.engine import read_transaction, write_transaction
+from ckptd.queue.errors import JobNotFoundError
+from ckptd.queue.models import jobs, workers
+from ckptd.queue.records import Claim, Job, JobEvent, Worker, job_from_row, one_line, to_json
+from ckptd.queue.states import INITIAL_STATE, JobState
+from ckptd.queue.transitions import Snapshot, apply, owned_snapshot, read_snapshot, record_event
+
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "Claim", "Event", "Job", "JobEvent", "JobRepository", "JobState", "Worker"]
+
+DEFAULT_MAX_ATTEMPTS = 5
+Clock = Callable[[], float]
+
+
+class Event(StrEnum):
+    ENQUEUED = "enqueued"
+    CLAIMED = "claimed"
+    FINISHED = "finished"
+    FAILED = "failed"
+    GAVE_UP = "gave_up"
+    RELEASED = "released"
+    HELD = "held"
+    LEASE_EXPIRED = "lease_expired"
+    CANCELLED = "cancelled"
+    RETRIED = "retried"
+
+
+# Fields cleared whenever a job stops running, so a queued job never shows a stale lease.
+_NOT_RUNNING = {"lease_expires_at": None, "heartbeat_at": None}
+
+
+class JobRepository:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock = time.time,
+        *,
+        backoff_base_s: float = DEFAULT_BASE_S,
+        backoff_cap_s: float = DEFAULT_CAP_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._backoff = Backoff(backoff_base_s, backoff_cap_s, rng or random.Random())
+
+    # -- producers ---------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        source: str,
+        output: str,
+        experiment: str,
+        step: int,
+        format: str,
+        watch_root: str,
+        options: Mapping[str, Any],
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        priority: int = 0,
+    ) -> tuple[Job, bool]:
+        """The job for (source, output), and whether this call created it; an existing one is untouched."""
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        now = self._clock()
+        values = {
+            "source": source,
+            "output": output,
+            "experiment": experiment,
+            "step": step,
+            "format": format,
+            "watch_root": watch_root,
+            "options": to_json(options),
+            "state": INITIAL_STATE,
+            "priority": priority,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "fencing_token": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with write_transaction(self.engine) as connection:
+            stmt = insert_unless_exists(connection.dialect.name, values, ("source", "output"))
+            new_id = connection.execute(stmt.returning(jobs.c.id)).scalar()
+            if new_id is not None:
+                record_event(
+                    connection,
+                    job_id=new_id,
+                    event=Event.ENQUEUED,
+                    now=now,
+                    from_state=None,
+                    to_state=INITIAL_STATE,
+                )
+            job = queries.get_job_by_target(connection, source, output)
+        assert job is not None  # inserted or already there, inside this same transaction
+        return job, new_id is not None
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, lease_seconds: float) -> Claim | None:
+        """Take the next due job (newest step first) for ``lease_seconds``; None when nothing is due."""
+        now = self._clock()
+        with write_transaction(self.engine) as connection:
+            candidate = connection.execute(claim_candidate(connection.dialect.name, now)).mappings().first()
+            if candidate is None:
+                return None
+            snapshot = Snapshot(candidate["id"], JobState(candidate["state"]), candidate["fencing_token"])
+            row = apply(
+                connection,
+                snapshot,
+                JobState.RUNNING,
+                event=Event.CLAIMED,
+                now=now,
+                worker_id=worker_id,
+                values={
+                    "worker_id": worker_id,
+                    "attempts": jobs.c.attempts + 1,
+                    "fencing_token": jobs.c.fencing_token + 1,
+                    "lease_expires_at": now + lease_seconds,
+                    "heartbeat_at": now,
+                    "started_at": now,
+                    "finished_at": None,
+                    "not_before": None,
+                },
+            )
+        if row is None:  # PostgreSQL only: the row changed under us despite the lock; try again later
+            return None
+        job = job_from_row(row)
+        return Claim(job=job, token=job.fencing_token)
+
+    def heartbeat(self, job_id: int, token: int, lease_seconds: float) -> bool:
+        """Extend the lease; False when this token no longer owns the job (reaped, re-claimed, cancelled)."""
+        now = self._clock()
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING, jobs.c.fencing_token == token)
+            .values(lease_expires_at=now + lease_seconds, heartbeat_at=now, updated_at=now)
+        )
+        with write_transaction(self.engine) as connection:
+            return connection.execute(stmt).rowcount == 1
+
+    def publish_and_finish(
+        self, job_id: int, token: int, publish: Callable[[], None], result: Mapping[str, Any]
+    ) -> None:
+        """Call ``publish`` and mark the job done, both under the write lock and only if ``token`` owns it.
+
+        While the lock is held no reaper or claimer can take the job, so a worker that lost its lease
+        can never publish beside its replacement. If ``publish`` raises, nothing is written.
+        """
+        with write_transaction(self.engine) as connection:
+            snapshot = owned_snapshot(connection, job_id, token)
+            publish()
+            now = self._clock()
+            apply(
+                connection,
+                snapshot,
+                JobState.DONE,
+                event=Event.FINISHED,
+                now=now,
+                values={
+                    **_NOT_RUNNING,
+                    "result": to_json(result),
+                    "finished_at": now,
+                    "last_error": None,
+                },
+            )
+
+    def fail(self, job_id: int, token: int, error: str, *, permanent: bool) -> JobState:
+        """Record a failed attempt: retry after backoff, or dead when permanent or out of attempts."""
+        now = self._clock()
+        message = one_line(error)
+        with write_transaction(self.engine) as connection:
+            snapshot = owned_snapshot(connection, job_id, token)
+            job = queries.get_job(connection, job_id)
+            assert job is not None
+            gives_up = permanent or job.attempts >= job.max_attempts
+            target = JobState.DEAD if gives_up else JobState.FAILED
+            not_before = None if gives_up else now + self._backoff.delay(job.attempts)
+            apply(
+                connection,
+                snapshot,
+                target,
+                event=Event.GAVE_UP if gives_up else Event.FAILED,
+                now=now,
+                message=message,
+                values={
+                    **_NOT_RUNNING,
+                    "last_error": message,
+                    "not_before": not_before,
+                    "finished_at": now if gives_up else None,
+                },
+            )
+        return target
+
+    def release(self, job_id: int, token: int, reason: str) -> None:
+        """Give the job back unfinished (graceful shutdown): queued again, this attempt not counted."""
+        self._leave_running(job_id, token, JobState.QUEUED, Event.RELEASED, reason, not_before=None)
+
+    def hold(self, job_id: int, token: int, reason: str, until: float) -> None:
+        """Park the job as waiting until ``until`` (e.g. the disk guard); not counted as an attempt."""
+        self._leave_running(job_id, token, JobState.WAITING, Event.HELD, reason, not_before=until)
+
+    def _leave_running(
+        self,
+        job_id: int,
+        token: int,
+        target: JobState,
+        event: Event,
+        reason: str,
+        *,
+        not_before: float | None,
+    ) -> None:
+        now = self._clock()
+        with write_transaction(self.engine) as connection:
+            snapshot = owned_snapshot(connection, job_id, token)
+            apply(
+                connection,
+                snapshot,
+                target,
+                event=event,
+                now=now,
+                message=one_line(reason),
+                values={
+                    **_NOT_RUNNING,
+                    "worker_id": None,
+                    "not_before": not_before,
+                    "attempts": jobs.c.attempts - 1,
+                },
+            )
+
+    # -- supervisor --------------------------------------------------------------------------------
+
+    def reap(self) -> list[int]:
+        """Running jobs whose lease has expired: back to queued, or dead once out of attempts."""
+        now = self._clock()
+        stmt = select(jobs.c.id, jobs.c.fencing_token, jobs.c.worker_id, jobs.c.attempts, jobs.c.max_attempts)
+        stmt = stmt.where(jobs.c.state == JobState.RUNNING, jobs.c.lease_expires_at < now)
+        reaped: list[int] = []
+        with write_transaction(self.engine) as connection:
+            for row in connection.execute(stmt.order_by(jobs.c.id)).mappings().all():
+                snapshot = Snapshot(row["id"], JobState.RUNNING, row["fencing_token"], row["worker_id"])
+                expiries = queries.count_events(connection, row["id"], Event.LEASE_EXPIRED) + 1
+                message = f"lease expired {expiries} times (worker died?)"
+                gives_up = row["attempts"] >= row["max_attempts"]
+                target = JobState.DEAD if gives_up else JobState.QUEUED
+                values: dict[str, Any] = {**_NOT_RUNNING, "worker_id": None, "last_error": message}
+                if gives_up:
+                    values["finished_at"] = now
+                if (
+                    apply(
+                        connection,
+                        snapshot,
+                        target,
+                        event=Event.LEASE_EXPIRED,
+                        now=now,
+                        message=message,
+                        values=values,
+                    )
+                    is not None
+                ):
+                    reaped.append(row["id"])
+        return reaped
+
+    # -- operators ---------------------------------------------------------------------------------
+
+    def retry(self, job_id: int) -> Job:
+        """Run a dead, failed, cancelled or done job again from scratch (attempts reset)."""
+        return self._operator_move(
+            job_id,
+            JobState.QUEUED,
+            Event.RETRIED,
+            {
+                "attempts": 0,
+                "not_before": None,
+                "last_error": None,
+                "finished_at": None,
+                "worker_id": None,
+            },
+        )
+
+    def cancel(self, job_id: int) -> Job:
+        """Stop a job; a worker running it sees its next heartbeat return False."""
+        now = self._clock()
+        return self._operator_move(
+            job_id,
+            JobState.CANCELLED,
+            Event.CANCELLED,
+            {
+                **_NOT_RUNNING,
+                "not_before": None,
+                "finished_at": now,
+            },
+        )
+
+    def _operator_move(self, job_id: int, target: JobState, event: Event, values: dict[str, Any]) -> Job:
+        now = self._clock()
+        with write_transaction(self.engine) as connection:
+            snapshot = read_snapshot(connection, job_id)
+            row = apply(connection, snapshot, target, event=event, now=now, values=values)
+        assert row is not None  # the write lock has been held since the snapshot was read
+        return job_from_row(row)
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        with read_transaction(self.engine) as connection:
+            return queries.get_job(connection, job_id)
+
+    def require(self, job_id: int) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"job {job_id} does not exist; `ckptd status` lists the jobs")
+        return job
+
+    def list_jobs(
+        self,
+        states: Iterable[JobState | str] | None = None,
+        experiment: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        with read_transaction(self.engine) as connection:
+            return queries.list_jobs(connection, states, experiment, limit)
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        with read_transaction(self.engine) as connection:
+            return queries.list_events(connection, job_id)
+
+    def counts(self) -> dict[str, int]:
+        with read_transaction(self.engine) as connection:
+            return queries.count_by_state(connection)
+
+    # -- worker registry -------------------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, pid: int, host: str) -> None:
+        now = self._clock()
+        values = {
+            "id": worker_id,
+            "pid": pid,
+            "host": host,
+            "started_at": now,
+            "heartbeat_at": now,
+            "stopped_at": None,
+        }
+        with write_transaction(self.engine) as connection:
+            connection.execute(upsert(connection.dialect.name, workers, values, "id"))
+
+    def worker_heartbeat(self, worker_id: str) -> bool:
+        return self._touch_worker(worker_id, heartbeat_at=self._clock())
+
+    def worker_stopped(self, worker_id: str) -> bool:
+        return self._touch_worker(worker_id, stopped_at=self._clock())
+
+    def _touch_worker(self, worker_id: str, **values: float) -> bool:
+        with write_transaction(self.engine) as connection:
+            stmt = update(workers).where(workers.c.id == worker_id).values(**values)
+            return connection.execute(stmt).rowcount == 1
+
+    def list_workers(self) -> list[Worker]:
+        with read_transaction(self.engine) as connection:
+            return queries.list_workers(connection)

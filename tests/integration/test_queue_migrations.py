@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from ckptd.queue.engine import current_revision, make_engine, upgrade
+from ckptd.queue.errors import SchemaError
+from ckptd.queue.models import Base
+from ckptd.queue.schema import head_revision
+
+
+def test_upgrade_head_on_an_empty_file_yields_exactly_the_models_schema(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'nested' / 'dir' / 'ckptd.db'}")
+    assert current_revision(engine) is None
+
+    upgrade(engine)
+
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as connection:
+        diffs = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diffs == []
+
+
+def test_partial_claim_index_and_foreign_keys_exist(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'ckptd.db'}")
+    upgrade(engine)
+    with engine.connect() as connection:
+        index_sql = connection.execute(
+            text("SELECT sql FROM sqlite_master WHERE name = 'ix_jobs_claim_order'")
+        ).scalar_one()
+        foreign_keys = connection.execute(text("PRAGMA foreign_keys")).scalar_one()
+        journal_mode = connection.execute(text("PRAGMA journal_mode")).scalar_one()
+    assert "WHERE state IN ('queued', 'failed', 'waiting')" in index_sql
+    assert foreign_keys == 1
+    assert journal_mode == "wal"
+
+
+def test_second_upgrade_is_a_no_op(tmp_path: Path) -> None:
+    db = tmp_path / "ckptd.db"
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade(engine)
+    schema_before = _schema(db)
+
+    upgrade(engine)
+    upgrade(make_engine(f"sqlite:///{db}"))
+
+    assert _schema(db) == schema_before
+    assert current_revision(engine) == head_revision()
+
+
+def test_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
+    db = tmp_path / "ckptd.db"
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
+
+    with pytest.raises(SchemaError) as excinfo:
+        upgrade(engine)
+    message = str(excinfo.value)
+    assert "from_the_future" in message
+    assert "newer than this ckptd" in message
+    assert "\n" not in message
+
+
+def _schema(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
