@@ -6,7 +6,6 @@ loadable tensors. ``full_weights.pt`` is a real ``torch.save`` zip so the zip ch
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ckptd.detect import names
@@ -38,7 +37,7 @@ def write_fsdp_step(
     if metadata:
         tmp = dcp / names.DCP_METADATA_TMP
         tmp.write_bytes(b"metadata")
-        os.replace(tmp, dcp / names.DCP_METADATA)
+        tmp.replace(dcp / names.DCP_METADATA)
     if full_weights:
         write_full_weights(actor / names.FULL_WEIGHTS_DIR / names.FULL_WEIGHTS_NAMES[0])
     if data_pt:
