@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+from ckptd.demo_model import CHAT_TEMPLATE  # noqa: F401 (re-exported for tests)
+from ckptd.demo_model import make_tokenizer
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 96,
@@ -86,20 +83,6 @@ def build_model(kind: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
             param.copy_(noise + 1.0 if "norm" in name else noise)
     model.eval()
     return model.to(dtype)
-
-
-def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for i in range(len(specials), vocab_size):
-        vocab[f"w{i}"] = i
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 def save_base_model(model: PreTrainedModel, directory: Path) -> Path:
