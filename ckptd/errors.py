@@ -48,6 +48,12 @@ class OutputExistsError(CkptdError):
     permanent = True
 
 
+class StagingBusyError(CkptdError):
+    """Another live process holds this output's staging lock (e.g. a paused worker): retry later."""
+
+    permanent = False
+
+
 class LeaseLostError(CkptdError):
     """This worker no longer owns the job (lease expired and was taken over): stop, write nothing."""
 

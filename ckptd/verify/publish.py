@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ckptd.convert.writer import PROGRESS_NAME
-from ckptd.errors import ConfigError, OutputExistsError
+from ckptd.errors import ConfigError, OutputExistsError, StagingBusyError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -39,8 +39,8 @@ def staging_lock(output: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputExistsError(
-                f"{staging_path(output)}: another live ckptd process is writing this output; wait for it"
+            raise StagingBusyError(
+                f"{staging_path(output)}: another live ckptd process is writing this output; will retry"
             ) from None
         yield
     finally:

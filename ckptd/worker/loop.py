@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -63,6 +65,7 @@ class Worker:
         self.worker_id = worker_id
         self.stop = threading.Event()
         self._stop_requested_at: float | None = None
+        self._parent_pid = os.getppid()
 
     def request_stop(self) -> None:
         if self._stop_requested_at is None:
@@ -74,10 +77,14 @@ class Worker:
         return started is not None and time.monotonic() - started > self.config.workers.grace_seconds
 
     def run_forever(self) -> None:
-        self.repo.register_worker(self.worker_id, pid=_pid(), host=_host())
+        self.repo.register_worker(self.worker_id, pid=os.getpid(), host=socket.gethostname())
         log.info("worker.started", worker_id=self.worker_id)
         try:
             while not self.stop.is_set():
+                if os.getppid() != self._parent_pid:
+                    log.warning("worker.orphaned", parent_pid=self._parent_pid)
+                    self.request_stop()
+                    break
                 if not self.run_once():
                     self.stop.wait(self.config.workers.poll_seconds)
                     self.repo.worker_heartbeat(self.worker_id)
@@ -156,15 +163,3 @@ def _already_published(source: str, output: str) -> bool:
     except (OSError, ValueError):
         return False
     return Path(recorded).resolve().is_relative_to(Path(source).resolve())
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()
