@@ -183,7 +183,7 @@ def _full_weights_wait(
         first = f"{what} first seen; waiting {settle_seconds:g}s for its size to settle"
     if settle_seconds <= 0:
         return None
-    if previous is None:
+    if previous is None or not _seen_before(previous, fw):
         return first
     if previous.signature != signature(listing):
         return f"{what}: size still changing" if fw is not None else f"{what}: files changed, settling again"
@@ -191,3 +191,10 @@ def _full_weights_wait(
     if held < settle_seconds:
         return f"{what}: unchanged for {held:.1f}s of the {settle_seconds:g}s settle window"
     return None
+
+
+def _seen_before(previous: Observation, fw: FullWeightsListing | None) -> bool:
+    """Whether the previous observation already had this file (else it just appeared)."""
+    if fw is not None:
+        return f"{fw.rel_path}=" in previous.signature
+    return not previous.signature.startswith("dcp=none")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ckptd.detect import (
+    Classification,
     Complete,
     Incomplete,
     NotACheckpoint,
@@ -22,11 +23,11 @@ from ckptd.detect.layouts import write_fsdp_step, write_full_weights, write_mega
 SETTLE = 30.0
 
 
-def run(step_dir: Path, previous: Observation | None = None, now: float = 1000.0, settle: float = SETTLE):
+def run(step_dir: Path, previous: Observation | None = None, now: float = 1000.0, settle: float = SETTLE) -> Classification:
     return classify(list_step(step_dir), previous, now, settle)
 
 
-def settled(step_dir: Path, settle: float = SETTLE):
+def settled(step_dir: Path, settle: float = SETTLE) -> Classification:
     """Classify twice, ``settle`` seconds apart, with nothing changing in between."""
     first = observe(list_step(step_dir), None, 1000.0)
     return run(step_dir, first, now=1000.0 + settle, settle=settle)

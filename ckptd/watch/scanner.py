@@ -1,0 +1,176 @@
+"""The periodic scan: the source of truth for which checkpoints exist and are complete.
+
+Each :meth:`Scanner.scan` walks the roots shallowly (:func:`find_step_dirs`) and classifies every step
+dir. Cost control: a step already found complete is re-checked with a single ``stat`` of its marker
+file (the file its fingerprint describes: tracker, DCP ``.metadata`` or ``full_weights.pt``); only when
+that stat differs (rewritten or gone) is the step listed and classified again. Incomplete steps are
+listed every scan, which is what the settle window needs. Per-step state is dropped as soon as a step
+dir disappears (keep-last-N), so memory follows what is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ckptd.detect import Complete, FileStat, Incomplete, Observation, classify, list_step, observe
+from ckptd.watch.discover import DEFAULT_MAX_DEPTH, StepDir, find_step_dirs
+
+log = structlog.get_logger("ckptd.watch")
+
+DEFAULT_SETTLE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    root: Path
+    experiment: str
+    step: int
+    path: Path
+    format: str
+    fingerprint: str
+    reason: str = ""
+    layout: str = ""
+    iteration: int | None = None
+
+
+@dataclass(frozen=True)
+class PendingRef:
+    """A step that is not (or not yet) convertible, and why."""
+
+    root: Path
+    experiment: str
+    step: int
+    path: Path
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    complete: list[CheckpointRef] = field(default_factory=list)
+    incomplete: list[PendingRef] = field(default_factory=list)
+    ignored: list[PendingRef] = field(default_factory=list)  # NotACheckpoint: never convertible
+    new: list[CheckpointRef] = field(default_factory=list)  # complete, fingerprint not reported before
+    skipped: int = 0  # dirs skipped on errors (unreadable, vanished mid-scan)
+    seconds: float = 0.0
+
+
+class Scanner:
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.roots = [Path(r) for r in roots]
+        self.max_depth = max_depth
+        self.settle_seconds = settle_seconds
+        self._clock = clock
+        self._observations: dict[Path, Observation] = {}
+        self._complete: dict[Path, Complete] = {}
+        self._reported: dict[Path, str] = {}
+        self._warned: set[tuple[Path, str]] = set()
+        self._result = ScanResult()
+
+    def scan(self) -> ScanResult:
+        started = time.perf_counter()
+        now = self._clock()
+        self._result = result = ScanResult()
+        steps = [s for root in self.roots for s in self._find(root)]
+        latest = _latest_step_per_dir(steps)
+        for step_dir in steps:
+            self._check(step_dir, step_dir.step < latest[step_dir.path.parent], now)
+        self._forget_except({s.path for s in steps})
+        result.seconds = time.perf_counter() - started
+        log.info(
+            "scan.finished",
+            roots=len(self.roots),
+            steps=len(steps),
+            complete=len(result.complete),
+            new=len(result.new),
+            incomplete=len(result.incomplete),
+            ignored=len(result.ignored),
+            skipped=result.skipped,
+            seconds=round(result.seconds, 4),
+        )
+        return result
+
+    def _find(self, root: Path) -> list[StepDir]:
+        if not root.exists():
+            self._skip(root, FileNotFoundError(2, os.strerror(2)))
+            return []
+        return find_step_dirs(root, self.max_depth, on_error=self._skip)
+
+    def _check(self, step_dir: StepDir, later_sibling: bool, now: float) -> None:
+        path = step_dir.path
+        known = self._complete.get(path)
+        if known is not None and _marker_unchanged(path, known):
+            self._add_complete(step_dir, known)
+            return
+        self._complete.pop(path, None)
+        try:
+            listing = list_step(path, later_sibling=later_sibling)
+        except OSError as error:
+            self._skip(path, error)
+            return
+        previous = self._observations.get(path)
+        outcome = classify(listing, previous, now, self.settle_seconds)
+        if isinstance(outcome, Complete):
+            self._observations.pop(path, None)
+            self._complete[path] = outcome
+            self._add_complete(step_dir, outcome)
+            return
+        self._observations[path] = observe(listing, previous, now)
+        pending = PendingRef(step_dir.root, step_dir.experiment, step_dir.step, path, outcome.reason)
+        (self._result.incomplete if isinstance(outcome, Incomplete) else self._result.ignored).append(pending)
+
+    def _add_complete(self, step_dir: StepDir, done: Complete) -> None:
+        ref = CheckpointRef(
+            root=step_dir.root,
+            experiment=step_dir.experiment,
+            step=step_dir.step,
+            path=step_dir.path,
+            format=done.format,
+            fingerprint=done.fingerprint,
+            reason=done.reason,
+            layout=done.layout,
+            iteration=done.iteration,
+        )
+        self._result.complete.append(ref)
+        if self._reported.get(step_dir.path) != done.fingerprint:
+            self._reported[step_dir.path] = done.fingerprint
+            self._result.new.append(ref)
+
+    def _skip(self, path: Path, error: OSError) -> None:
+        """Log a skipped dir: a warning the first time, debug while it stays that way."""
+        self._result.skipped += 1
+        key = (path, type(error).__name__)
+        level = log.debug if key in self._warned else log.warning
+        self._warned.add(key)
+        level("scan.skipped_dir", path=str(path), error=type(error).__name__, detail=error.strerror)
+
+    def _forget_except(self, present: set[Path]) -> None:
+        for table in (self._observations, self._complete, self._reported):
+            for path in [p for p in table if p not in present]:
+                del table[path]
+
+
+def _marker_unchanged(step_path: Path, known: Complete) -> bool:
+    try:
+        return FileStat.of((step_path / known.marker).stat()) == known.marker_stat
+    except OSError:
+        return False
+
+
+def _latest_step_per_dir(steps: list[StepDir]) -> dict[Path, int]:
+    latest: dict[Path, int] = {}
+    for s in steps:
+        parent = s.path.parent
+        latest[parent] = max(latest.get(parent, s.step), s.step)
+    return latest
