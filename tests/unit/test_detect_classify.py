@@ -23,7 +23,9 @@ from ckptd.detect.layouts import write_fsdp_step, write_full_weights, write_mega
 SETTLE = 30.0
 
 
-def run(step_dir: Path, previous: Observation | None = None, now: float = 1000.0, settle: float = SETTLE) -> Classification:
+def run(
+    step_dir: Path, previous: Observation | None = None, now: float = 1000.0, settle: float = SETTLE
+) -> Classification:
     return classify(list_step(step_dir), previous, now, settle)
 
 
