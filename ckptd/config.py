@@ -24,13 +24,14 @@ SCAN_MODES = ("auto", "events", "poll")
 LOG_FORMATS = ("auto", "json", "console")
 
 
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+def default_state_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "ckptd"
 
 
-def default_database_url() -> str:
-    return f"sqlite:///{default_state_dir() / 'ckptd.db'}"
+def default_database_url(environ: dict[str, str] | None = None) -> str:
+    return f"sqlite:///{default_state_dir(environ) / 'ckptd.db'}"
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     _env_overrides(environ, data)
+    data.setdefault("database", {}).setdefault("url", default_database_url(environ))
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
     unknown = sorted(set(data) - set(_TABLES) - {"watch"})

@@ -67,7 +67,9 @@ def trained_state(model: Any, step: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_fsdp_step(step_dir: Path, state: dict[str, torch.Tensor]) -> None:
+def write_fsdp_step(
+    step_dir: Path, state: dict[str, torch.Tensor], *, adam: bool = True, full_weights: bool = True
+) -> None:
     """Write ``actor/`` as an RLinf FSDP trainer does: DCP (model + Adam state), then full_weights.pt."""
     from torch.distributed.checkpoint import state_dict_saver
 
@@ -78,8 +80,11 @@ def write_fsdp_step(step_dir: Path, state: dict[str, torch.Tensor]) -> None:
         else torch.tensor(1.0)
         for name, t in state.items()
         for key in ("exp_avg", "exp_avg_sq", "step")
+        if adam
     }
     payload = {"fsdp_checkpoint": {"model": dict(state), "optimizers": optimizer, "fsdp_version": "fsdp2"}}
     state_dict_saver.save(payload, checkpoint_id=str(actor / "dcp_checkpoint"), no_dist=True)
+    if not full_weights:
+        return
     (actor / "model_state_dict").mkdir(parents=True, exist_ok=True)
     torch.save(state, actor / "model_state_dict" / "full_weights.pt")
