@@ -6,12 +6,8 @@ STAMP := $(VENV)/.ckptd-installed
 
 .PHONY: demo test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# CPU torch first (on this machine's disk): a range in pyproject then keeps it.
-	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+$(STAMP): pyproject.toml deploy/install.sh
+	PYTHON=$(PYTHON) deploy/install.sh $(VENV) dev
 	touch $(STAMP)
 
 demo: $(STAMP)
