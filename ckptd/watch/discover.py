@@ -11,7 +11,7 @@ breaks symlink loops. Errors are reported through ``on_error`` and the walk goes
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,30 +40,40 @@ def log_skipped_dir(path: Path, error: OSError) -> None:
 
 
 def find_step_dirs(
-    root: Path, max_depth: int = DEFAULT_MAX_DEPTH, *, on_error: ErrorHook | None = None
+    root: Path,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    *,
+    on_error: ErrorHook | None = None,
+    reuse: Mapping[str, StepDir] | None = None,
 ) -> list[StepDir]:
-    """Every ``global_step_<int>`` dir under ``root`` whose experiment dir is ≤ ``max_depth`` deep."""
+    """Every ``global_step_<int>`` dir under ``root`` whose experiment dir is ≤ ``max_depth`` deep.
+
+    ``reuse`` maps ``str(path)`` to a :class:`StepDir` from an earlier call with the same root; those
+    objects are returned again instead of new ones (pathlib objects dominate a warm scan's cost).
+    """
     report = on_error or log_skipped_dir
+    known = reuse or {}
     found: list[StepDir] = []
     seen: set[tuple[int, int]] = set()
-    stack: list[tuple[Path, int]] = [(root, 0)]
+    stack: list[tuple[str, str, int]] = [(str(root), "", 0)]
     while stack:
-        folder, depth = stack.pop()
+        folder, rel, depth = stack.pop()
         subdirs = _visit(folder, seen, report)
         if subdirs is None:
             continue
         if CHECKPOINTS_DIR in subdirs:
-            found.extend(_step_dirs(root, folder, report))
+            found.extend(_step_dirs(root, folder, rel or root.absolute().name, report, known))
         elif depth < max_depth:
-            stack.extend((folder / name, depth + 1) for name in sorted(subdirs, reverse=True))
+            for name in sorted(subdirs, reverse=True):
+                stack.append((f"{folder}/{name}", f"{rel}/{name}" if rel else name, depth + 1))
     found.sort(key=lambda s: (s.experiment, s.step))
     return found
 
 
-def _visit(folder: Path, seen: set[tuple[int, int]], report: ErrorHook) -> set[str] | None:
+def _visit(folder: str, seen: set[tuple[int, int]], report: ErrorHook) -> set[str] | None:
     """Names of the subdirs worth a look in ``folder``; None when unreadable or already visited."""
     try:
-        st = folder.stat()
+        st = os.stat(folder)  # noqa: PTH116 -- plain str paths: pathlib dominated warm-scan CPU
         identity = (st.st_dev, st.st_ino)
         if identity in seen:
             return None
@@ -71,7 +81,7 @@ def _visit(folder: Path, seen: set[tuple[int, int]], report: ErrorHook) -> set[s
         with os.scandir(folder) as it:
             return {entry.name for entry in it if _worth_entering(entry)}
     except OSError as error:
-        report(folder, error)
+        report(Path(folder), error)
         return None
 
 
@@ -80,19 +90,23 @@ def _worth_entering(entry: os.DirEntry[str]) -> bool:
     return not name.startswith(".") and parse_step_dir_name(name) is None and _is_dir(entry)
 
 
-def _step_dirs(root: Path, experiment_dir: Path, report: ErrorHook) -> list[StepDir]:
-    folder = experiment_dir / CHECKPOINTS_DIR
-    rel = experiment_dir.relative_to(root).as_posix()
-    experiment = root.name if rel == "." else rel
+def _step_dirs(
+    root: Path, experiment_dir: str, experiment: str, report: ErrorHook, known: Mapping[str, StepDir]
+) -> list[StepDir]:
+    folder = f"{experiment_dir}/{CHECKPOINTS_DIR}"
     steps: list[StepDir] = []
     try:
         with os.scandir(folder) as it:
             for entry in it:
                 step = parse_step_dir_name(entry.name)
-                if step is not None and _is_dir(entry):
-                    steps.append(StepDir(root=root, experiment=experiment, step=step, path=Path(entry.path)))
+                if step is None or not _is_dir(entry):
+                    continue
+                old = known.get(entry.path)
+                if old is None or old.experiment != experiment:
+                    old = StepDir(root=root, experiment=experiment, step=step, path=Path(entry.path))
+                steps.append(old)
     except OSError as error:
-        report(folder, error)
+        report(Path(folder), error)
     return steps
 
 

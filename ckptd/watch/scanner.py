@@ -60,7 +60,20 @@ class ScanResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class _Done:
+    ref: CheckpointRef
+    marker_path: str
+    marker_stat: FileStat
+
+
 class Scanner:
+    """Periodic classification of every step dir under ``roots``; keeps per-step state between scans.
+
+    Tables are keyed by ``str(path)``: hashing strings is much cheaper than hashing pathlib objects,
+    which matters at thousands of steps per scan.
+    """
+
     def __init__(
         self,
         roots: Sequence[Path],
@@ -72,10 +85,11 @@ class Scanner:
         self.max_depth = max_depth
         self.settle_seconds = settle_seconds
         self._clock = clock
-        self._observations: dict[Path, Observation] = {}
-        self._complete: dict[Path, Complete] = {}
-        self._reported: dict[Path, str] = {}
-        self._warned: set[tuple[Path, str]] = set()
+        self._step_dirs: dict[Path, dict[str, StepDir]] = {root: {} for root in self.roots}
+        self._observations: dict[str, Observation] = {}
+        self._complete: dict[str, _Done] = {}
+        self._reported: dict[str, str] = {}
+        self._warned: set[tuple[str, str]] = set()
         self._result = ScanResult()
 
     def scan(self) -> ScanResult:
@@ -83,10 +97,10 @@ class Scanner:
         now = self._clock()
         self._result = result = ScanResult()
         steps = [s for root in self.roots for s in self._find(root)]
-        latest = _latest_step_per_dir(steps)
+        latest = _latest_step_per_experiment(steps)
         for step_dir in steps:
-            self._check(step_dir, step_dir.step < latest[step_dir.path.parent], now)
-        self._forget_except({s.path for s in steps})
+            self._check(step_dir, step_dir.step < latest[(step_dir.root, step_dir.experiment)], now)
+        self._forget_except({str(s.path) for s in steps})
         result.seconds = time.perf_counter() - started
         log.info(
             "scan.finished",
@@ -105,72 +119,78 @@ class Scanner:
         if not root.exists():
             self._skip(root, FileNotFoundError(2, os.strerror(2)))
             return []
-        return find_step_dirs(root, self.max_depth, on_error=self._skip)
+        found = find_step_dirs(root, self.max_depth, on_error=self._skip, reuse=self._step_dirs[root])
+        self._step_dirs[root] = {str(s.path): s for s in found}
+        return found
 
     def _check(self, step_dir: StepDir, later_sibling: bool, now: float) -> None:
-        path = step_dir.path
-        known = self._complete.get(path)
-        if known is not None and _marker_unchanged(path, known):
-            self._add_complete(step_dir, known)
+        key = str(step_dir.path)
+        done = self._complete.get(key)
+        if done is not None and _stat_or_none(done.marker_path) == done.marker_stat:
+            self._add_complete(key, done.ref)
             return
-        self._complete.pop(path, None)
+        self._complete.pop(key, None)
         try:
-            listing = list_step(path, later_sibling=later_sibling)
+            listing = list_step(step_dir.path, later_sibling=later_sibling)
         except OSError as error:
-            self._skip(path, error)
+            self._skip(step_dir.path, error)
             return
-        previous = self._observations.get(path)
+        previous = self._observations.get(key)
         outcome = classify(listing, previous, now, self.settle_seconds)
         if isinstance(outcome, Complete):
-            self._observations.pop(path, None)
-            self._complete[path] = outcome
-            self._add_complete(step_dir, outcome)
+            self._observations.pop(key, None)
+            ref = _ref(step_dir, outcome)
+            self._complete[key] = _Done(ref, f"{key}/{outcome.marker}", outcome.marker_stat)
+            self._add_complete(key, ref)
             return
-        self._observations[path] = observe(listing, previous, now)
-        pending = PendingRef(step_dir.root, step_dir.experiment, step_dir.step, path, outcome.reason)
+        self._observations[key] = observe(listing, previous, now)
+        pending = PendingRef(step_dir.root, step_dir.experiment, step_dir.step, step_dir.path, outcome.reason)
         (self._result.incomplete if isinstance(outcome, Incomplete) else self._result.ignored).append(pending)
 
-    def _add_complete(self, step_dir: StepDir, done: Complete) -> None:
-        ref = CheckpointRef(
-            root=step_dir.root,
-            experiment=step_dir.experiment,
-            step=step_dir.step,
-            path=step_dir.path,
-            format=done.format,
-            fingerprint=done.fingerprint,
-            reason=done.reason,
-            layout=done.layout,
-            iteration=done.iteration,
-        )
+    def _add_complete(self, key: str, ref: CheckpointRef) -> None:
         self._result.complete.append(ref)
-        if self._reported.get(step_dir.path) != done.fingerprint:
-            self._reported[step_dir.path] = done.fingerprint
+        if self._reported.get(key) != ref.fingerprint:
+            self._reported[key] = ref.fingerprint
             self._result.new.append(ref)
 
     def _skip(self, path: Path, error: OSError) -> None:
         """Log a skipped dir: a warning the first time, debug while it stays that way."""
         self._result.skipped += 1
-        key = (path, type(error).__name__)
+        key = (str(path), type(error).__name__)
         level = log.debug if key in self._warned else log.warning
         self._warned.add(key)
         level("scan.skipped_dir", path=str(path), error=type(error).__name__, detail=error.strerror)
 
-    def _forget_except(self, present: set[Path]) -> None:
+    def _forget_except(self, present: set[str]) -> None:
         for table in (self._observations, self._complete, self._reported):
-            for path in [p for p in table if p not in present]:
-                del table[path]
+            for key in [k for k in table if k not in present]:
+                del table[key]
 
 
-def _marker_unchanged(step_path: Path, known: Complete) -> bool:
+def _ref(step_dir: StepDir, done: Complete) -> CheckpointRef:
+    return CheckpointRef(
+        root=step_dir.root,
+        experiment=step_dir.experiment,
+        step=step_dir.step,
+        path=step_dir.path,
+        format=done.format,
+        fingerprint=done.fingerprint,
+        reason=done.reason,
+        layout=done.layout,
+        iteration=done.iteration,
+    )
+
+
+def _stat_or_none(path: str) -> FileStat | None:
     try:
-        return FileStat.of((step_path / known.marker).stat()) == known.marker_stat
+        return FileStat.of(os.stat(path))  # noqa: PTH116 -- str paths: pathlib dominated warm-scan CPU
     except OSError:
-        return False
+        return None
 
 
-def _latest_step_per_dir(steps: list[StepDir]) -> dict[Path, int]:
-    latest: dict[Path, int] = {}
+def _latest_step_per_experiment(steps: list[StepDir]) -> dict[tuple[Path, str], int]:
+    latest: dict[tuple[Path, str], int] = {}
     for s in steps:
-        parent = s.path.parent
-        latest[parent] = max(latest.get(parent, s.step), s.step)
+        key = (s.root, s.experiment)
+        latest[key] = max(latest.get(key, s.step), s.step)
     return latest
