@@ -1,0 +1,451 @@
+"""Write HF weights as Megatron-Core's legacy ``save_checkpoint`` does: per-rank ``model_optim_rng.pt``.
+
+Megatron is not installed: tiny stand-in modules are registered under the exact module paths real
+files name (``megatron.core.enums.ModelType`` ...), so the pickles carry the same globals. The
+sharding code here is written independently of ckptd's merge rules (formats.md §1.2, §3, §4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import random
+import signal
+import sys
+import types
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+_ENUMS: dict[str, dict[str, dict[str, Any]]] = {
+    "megatron.core.enums": {"ModelType": {"encoder_or_decoder": 1, "retro_encoder": 2}},
+    "megatron.core.rerun_state_machine": {
+        "RerunMode": {"DISABLED": "disabled", "VALIDATE_RESULTS": "validate_results"},
+        "RerunState": {"NOT_RUNNING_YET": 0, "INITIAL_RUN": 1},
+        "RerunDiagnostic": {"CORRECT_RESULT": "correct_result"},
+    },
+    "megatron.core.transformer.enums": {
+        "AttnBackend": {"flash": 1, "fused": 2, "unfused": 3, "local": 4, "auto": 5}
+    },
+}
+
+
+def megatron_enums() -> dict[str, Any]:
+    """Register the stand-in modules once; return the enum classes by name."""
+    found: dict[str, Any] = {}
+    for module_name, classes in _ENUMS.items():
+        parts = module_name.split(".")
+        for depth in range(1, len(parts) + 1):
+            sys.modules.setdefault(".".join(parts[:depth]), types.ModuleType(".".join(parts[:depth])))
+        module = sys.modules[module_name]
+        for class_name, members in classes.items():
+            if not hasattr(module, class_name):
+                setattr(module, class_name, enum.Enum(class_name, members, module=module_name))
+            found[class_name] = getattr(module, class_name)
+    return found
+
+
+@dataclass(frozen=True)
+class MegatronLayout:
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1
+    ep: int = 1
+    etp: int = 1
+    stages: tuple[int, ...] | None = None  # layers per stage (uneven first/last), 1f1b only
+    dualpipev: bool = False
+    te: bool = True  # TE fused-norm names, else the local spec
+    args: Literal["namespace", "omegaconf", "none"] = "namespace"
+    dtype: torch.dtype = torch.bfloat16
+    padded_vocab: int | None = None  # rows stored for the embedding/output layer
+    grouped_experts: bool = True  # TEGroupedMLP weight<i>, else SequentialMLP local_experts.i
+    extra_state: Literal["default", "pickled_none", "fp8"] = "default"
+    step: int = 10
+
+    def with_(self, **changes: Any) -> MegatronLayout:
+        return replace(self, **changes)
+
+
+def file_state(base_dir: Path) -> dict[str, torch.Tensor]:
+    """The HF file view of a saved model (per-expert keys, as the files hold them)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(base_dir.glob("*.safetensors")):
+        state.update(load_file(str(path)))
+    return state
+
+
+@dataclass(frozen=True)
+class _Dims:
+    layers: int
+    hidden: int
+    heads: int
+    groups: int
+    head_dim: int
+    vocab: int
+    experts: int
+    tied: bool
+    moe: bool
+
+
+def _dims(config: dict[str, Any]) -> _Dims:
+    heads = config["num_attention_heads"]
+    experts = config.get("num_experts") or config.get("num_local_experts") or 0
+    return _Dims(
+        layers=config["num_hidden_layers"],
+        hidden=config["hidden_size"],
+        heads=heads,
+        groups=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        vocab=config["vocab_size"],
+        experts=experts,
+        tied=bool(config.get("tie_word_embeddings")),
+        moe=experts > 0,
+    )
+
+
+def chunk_order(layout: MegatronLayout, layers: int) -> list[tuple[int, str, int]]:
+    """(stage, chunk key, layer count) in global layer order."""
+    if layout.dualpipev:
+        seg = layers // (2 * layout.pp)
+        return [(p, "model0", seg) for p in range(layout.pp)] + [
+            (p, "model1", seg) for p in reversed(range(layout.pp))
+        ]
+    if layout.vpp > 1:
+        seg = layers // (layout.pp * layout.vpp)
+        return [(p, f"model{v}", seg) for v in range(layout.vpp) for p in range(layout.pp)]
+    stages = layout.stages or tuple(layers // layout.pp for _ in range(layout.pp))
+    assert sum(stages) == layers
+    return [(p, "model", count) for p, count in enumerate(stages)]
+
+
+def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d: _Dims) -> torch.Tensor:
+    tail = tuple(q.shape[1:])
+    per = d.heads // d.groups
+    blocks = [
+        q.reshape(d.groups, per, d.head_dim, *tail),
+        k.reshape(d.groups, 1, d.head_dim, *tail),
+        v.reshape(d.groups, 1, d.head_dim, *tail),
+    ]
+    return torch.cat(blocks, dim=1).reshape(-1, *tail)
+
+
+def _shard(kind: str, tensors: list[torch.Tensor], parts: int, rank: int) -> torch.Tensor:
+    if kind == "rep":
+        return tensors[0]
+    if kind == "col":
+        return tensors[0].chunk(parts, dim=0)[rank]
+    if kind == "row":
+        return tensors[0].chunk(parts, dim=1)[rank]
+    gate, up = tensors  # glu: each rank holds [gate_r; up_r]
+    return torch.cat([gate.chunk(parts, dim=0)[rank], up.chunk(parts, dim=0)[rank]], dim=0)
+
+
+def _attention(
+    hf: dict[str, torch.Tensor], g: int, d: _Dims, te: bool
+) -> list[tuple[str, str, list[torch.Tensor]]]:
+    p = f"model.layers.{g}."
+    a = f"{p}self_attn."
+    norm = "self_attention.linear_qkv.layer_norm_weight" if te else "input_layernorm.weight"
+    out = [
+        (norm, "rep", [hf[f"{p}input_layernorm.weight"]]),
+        (
+            "self_attention.linear_qkv.weight",
+            "col",
+            [_fuse_qkv(*(hf[f"{a}{x}_proj.weight"] for x in "qkv"), d)],
+        ),
+        ("self_attention.linear_proj.weight", "row", [hf[f"{a}o_proj.weight"]]),
+    ]
+    if f"{a}q_proj.bias" in hf:
+        out.append(
+            (
+                "self_attention.linear_qkv.bias",
+                "col",
+                [_fuse_qkv(*(hf[f"{a}{x}_proj.bias"] for x in "qkv"), d)],
+            )
+        )
+    if f"{a}q_norm.weight" in hf:
+        out.append(("self_attention.q_layernorm.weight", "rep", [hf[f"{a}q_norm.weight"]]))
+        out.append(("self_attention.k_layernorm.weight", "rep", [hf[f"{a}k_norm.weight"]]))
+    return out
+
+
+def _mlp(hf: dict[str, torch.Tensor], g: int, te: bool) -> list[tuple[str, str, list[torch.Tensor]]]:
+    p = f"model.layers.{g}."
+    if f"{p}mlp.gate.weight" not in hf:
+        norm = "mlp.linear_fc1.layer_norm_weight" if te else "pre_mlp_layernorm.weight"
+        return [
+            (norm, "rep", [hf[f"{p}post_attention_layernorm.weight"]]),
+            ("mlp.linear_fc1.weight", "glu", [hf[f"{p}mlp.gate_proj.weight"], hf[f"{p}mlp.up_proj.weight"]]),
+            ("mlp.linear_fc2.weight", "row", [hf[f"{p}mlp.down_proj.weight"]]),
+        ]
+    out = [
+        ("pre_mlp_layernorm.weight", "rep", [hf[f"{p}post_attention_layernorm.weight"]]),
+        ("mlp.router.weight", "rep", [hf[f"{p}mlp.gate.weight"]]),
+    ]
+    s = f"{p}mlp.shared_expert."
+    if f"{s}gate_proj.weight" in hf:
+        out += [
+            (
+                "mlp.shared_experts.linear_fc1.weight",
+                "glu",
+                [hf[f"{s}gate_proj.weight"], hf[f"{s}up_proj.weight"]],
+            ),
+            ("mlp.shared_experts.linear_fc2.weight", "row", [hf[f"{s}down_proj.weight"]]),
+            ("mlp.shared_experts.gate_weight", "rep", [hf[f"{p}mlp.shared_expert_gate.weight"]]),
+        ]
+    return out
+
+
+def _experts(hf: dict[str, torch.Tensor], g: int, e: int) -> list[tuple[str, str, list[torch.Tensor]]]:
+    x = f"model.layers.{g}.mlp.experts.{e}."
+    return [
+        ("fc1", "glu", [hf[f"{x}gate_proj.weight"], hf[f"{x}up_proj.weight"]]),
+        ("fc2", "row", [hf[f"{x}down_proj.weight"]]),
+    ]
+
+
+def _expert_name(fc: str, local: int, grouped: bool) -> str:
+    return (
+        f"mlp.experts.linear_{fc}.weight{local}"
+        if grouped
+        else f"mlp.experts.local_experts.{local}.linear_{fc}.weight"
+    )
+
+
+def _extra(layout: MegatronLayout) -> Any:
+    if layout.extra_state == "pickled_none":
+        return torch.tensor(list(b"\x80\x04N."), dtype=torch.uint8)
+    if layout.extra_state == "fp8":
+        return torch.arange(64, dtype=torch.uint8)
+    return torch.empty(0, dtype=torch.uint8) if layout.te else None
+
+
+def _padded(table: torch.Tensor, rows: int | None, seed: int) -> torch.Tensor:
+    if rows is None or rows == table.shape[0]:
+        return table
+    if rows < table.shape[0]:
+        return table[:rows]
+    noise = torch.randn(
+        (rows - table.shape[0], table.shape[1]), generator=torch.Generator().manual_seed(seed)
+    )
+    return torch.cat([table, noise.to(table.dtype)], dim=0)
+
+
+def _clone(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # Megatron params own their storage; saving a view would save the whole parent storage.
+    return tensor.to(dtype).clone().contiguous()
+
+
+def _layer(
+    *,
+    sd: OrderedDict[str, Any],
+    hf: dict[str, torch.Tensor],
+    d: _Dims,
+    g: int,
+    local: int,
+    rank: tuple[int, int],
+    layout: MegatronLayout,
+) -> None:
+    tp_rank, ep_rank = rank
+    prefix = f"decoder.layers.{local}."
+    for name, kind, tensors in _attention(hf, g, d, layout.te) + _mlp(hf, g, layout.te):
+        sd[prefix + name] = _clone(_shard(kind, tensors, layout.tp, tp_rank), layout.dtype)
+    modules = ["self_attention.linear_qkv", "self_attention.linear_proj"]
+    if layout.te:
+        modules.append("self_attention.core_attention")
+    is_moe = f"model.layers.{g}.mlp.gate.weight" in hf
+    modules += (
+        ["mlp.experts.linear_fc1", "mlp.experts.linear_fc2"]
+        if is_moe and layout.grouped_experts and layout.te
+        else []
+    )
+    modules += [] if is_moe else ["mlp.linear_fc1", "mlp.linear_fc2"]
+    for module in modules:
+        sd[f"{prefix}{module}._extra_state"] = _extra(layout)
+    if not is_moe:
+        return
+    per_rank = d.experts // layout.ep
+    for local_e in range(per_rank):
+        for fc, kind, tensors in _experts(hf, g, ep_rank * per_rank + local_e):
+            piece = _shard(kind, tensors, layout.etp, tp_rank % layout.etp)
+            sd[prefix + _expert_name(fc, local_e, layout.grouped_experts)] = _clone(piece, layout.dtype)
+
+
+def _chunk(
+    *,
+    hf: dict[str, torch.Tensor],
+    d: _Dims,
+    layout: MegatronLayout,
+    rank: tuple[int, int],
+    where: tuple[int, int, bool, bool],
+    stage: int,
+) -> OrderedDict[str, Any]:
+    first, count, pre, post = where
+    tp_rank = rank[0]
+    sd: OrderedDict[str, Any] = OrderedDict()
+    embed = _padded(hf["model.embed_tokens.weight"], layout.padded_vocab, seed=7)
+    if pre:
+        sd["embedding.word_embeddings.weight"] = _clone(
+            _shard("col", [embed], layout.tp, tp_rank), layout.dtype
+        )
+    for local in range(count):
+        _layer(sd=sd, hf=hf, d=d, g=first + local, local=local, rank=rank, layout=layout)
+    if post:
+        sd["decoder.final_layernorm.weight"] = _clone(hf["model.norm.weight"], layout.dtype)
+        head = None if d.tied else _padded(hf["lm_head.weight"], layout.padded_vocab, seed=8)
+        if d.tied and stage != 0:
+            head = embed  # Megatron keeps a synced copy of a tied embedding on the last stage
+        if head is not None:
+            sd["output_layer.weight"] = _clone(_shard("col", [head], layout.tp, tp_rank), layout.dtype)
+        if not layout.te:
+            sd["output_layer._extra_state"] = None
+    return sd
+
+
+def writers(layout: MegatronLayout, moe: bool) -> list[tuple[int, int]]:
+    """(tp rank, ep rank) of the ranks that save a model file in each stage (formats.md §1.2)."""
+    count = layout.etp * layout.ep if moe else layout.tp
+    return sorted({(r % layout.tp, (r // layout.etp) % layout.ep if moe else 0) for r in range(count)})
+
+
+def folder(tp: int, pp: int, ep: int, layout: MegatronLayout) -> str:
+    name = f"mp_rank_{tp:02d}"
+    name += f"_{pp:03d}" if layout.pp > 1 else ""
+    return name + (f"_{ep:03d}" if layout.ep > 1 else "")
+
+
+def _args_dict(layout: MegatronLayout, d: _Dims, config: dict[str, Any]) -> dict[str, Any]:
+    rows = layout.padded_vocab or d.vocab
+    values: dict[str, Any] = {
+        "num_layers": d.layers,
+        "hidden_size": d.hidden,
+        "ffn_hidden_size": config["intermediate_size"],
+        "num_attention_heads": d.heads,
+        "num_query_groups": d.groups,
+        "group_query_attention": d.groups != d.heads,
+        "kv_channels": d.head_dim,
+        "tensor_model_parallel_size": layout.tp,
+        "pipeline_model_parallel_size": layout.pp,
+        "virtual_pipeline_model_parallel_size": layout.vpp if layout.vpp > 1 else None,
+        "expert_model_parallel_size": layout.ep,
+        "padded_vocab_size": rows,
+        "vocab_size": None,
+        "make_vocab_size_divisible_by": 128,
+        "untie_embeddings_and_output_weights": not d.tied,
+        "layernorm_epsilon": 1e-6,
+        "rank": 0,
+        "lr": 1e-5,
+        "decoder_first_pipeline_num_layers": None,
+        "decoder_last_pipeline_num_layers": None,
+    }
+    if d.moe:
+        values.update(
+            num_experts=d.experts,
+            moe_ffn_hidden_size=config["moe_intermediate_size"],
+            expert_tensor_parallel_size=layout.etp,
+            moe_grouped_gemm=layout.grouped_experts,
+        )
+    if layout.stages:
+        values["decoder_first_pipeline_num_layers"] = layout.stages[0]
+        values["decoder_last_pipeline_num_layers"] = layout.stages[-1]
+    return values
+
+
+def _namespace_args(values: dict[str, Any]) -> argparse.Namespace:
+    enums = megatron_enums()
+    return argparse.Namespace(
+        **values,
+        params_dtype=torch.bfloat16,
+        model_type=enums["ModelType"].encoder_or_decoder,
+        attention_backend=enums["AttnBackend"].auto,
+        exit_signal=signal.SIGTERM,
+    )
+
+
+def _omegaconf_args(values: dict[str, Any]) -> Any:
+    """RLinf's flavour (formats.md §3.1, §9): its YAML as a DictConfig, with its duplicate keys."""
+    from omegaconf import OmegaConf
+
+    rlinf = dict(values)
+    rlinf["share_embeddings_and_output_weights"] = not values["untie_embeddings_and_output_weights"]
+    rlinf["params_dtype"] = "${torch.dtype:bfloat16}"
+    rlinf["norm_epsilon"] = 1e-5
+    rlinf["num_layers_in_first_pipeline_stage"] = rlinf.pop("decoder_first_pipeline_num_layers")
+    rlinf["num_layers_in_last_pipeline_stage"] = rlinf.pop("decoder_last_pipeline_num_layers")
+    rlinf["decoder_first_pipeline_num_layers"] = None
+    rlinf["decoder_last_pipeline_num_layers"] = None
+    rlinf["pipeline_stages"] = [1, 2]
+    if "num_experts" in rlinf:
+        rlinf["num_moe_experts"] = rlinf["num_experts"]
+        rlinf["moe_grouped_gemm"] = "te" if rlinf["moe_grouped_gemm"] else None
+        if rlinf["expert_tensor_parallel_size"] == rlinf["tensor_model_parallel_size"]:
+            rlinf["expert_tensor_parallel_size"] = None
+    config = OmegaConf.create(rlinf)
+    config.model_type = megatron_enums()["ModelType"].encoder_or_decoder
+    return config
+
+
+def _file_extras(layout: MegatronLayout) -> dict[str, Any]:
+    enums = megatron_enums()
+    extras: dict[str, Any] = {
+        "checkpoint_version": 3.0,
+        "iteration": layout.step,
+        "optimizer": {
+            "optimizer": {"param_groups": [{"lr": 1e-5, "weight_decay": 0.0}]},
+            "grad_scaler": None,
+        },
+        "opt_param_scheduler": {"max_lr": 1e-5, "num_steps": layout.step},
+        "rng_state": [
+            {
+                "random_rng_state": random.Random(0).getstate(),
+                "np_rng_state": np.random.RandomState(0).get_state(),
+                "torch_rng_state": torch.get_rng_state(),
+                "rng_tracker_states": {},
+            }
+        ],
+        "num_floating_point_operations_so_far": 0,
+    }
+    if layout.args == "omegaconf":  # core 0.13 (RLinf's pin) always writes the rerun state
+        extras["rerun_state_machine"] = {
+            "mode": enums["RerunMode"].DISABLED,
+            "sharded": {
+                "state": enums["RerunState"].NOT_RUNNING_YET,
+                "error_injector_checkpoint": {"injected_error_type": enums["RerunDiagnostic"].CORRECT_RESULT},
+            },
+        }
+    return extras
+
+
+def save_megatron(base_dir: Path, step_dir: Path, layout: MegatronLayout) -> Path:
+    """Shard ``base_dir``'s weights into ``<step_dir>/actor`` like Megatron's legacy save; returns actor/."""
+    import json
+
+    config = json.loads((base_dir / "config.json").read_text())
+    d = _dims(config)
+    hf = file_state(base_dir)
+    order = chunk_order(layout, d.layers)
+    values = _args_dict(layout, d, config)
+    args = {"namespace": _namespace_args, "omegaconf": _omegaconf_args}.get(layout.args)
+    iter_dir = step_dir / "actor" / f"iter_{layout.step:07d}"
+    for pp in range(layout.pp):
+        for tp_rank, ep_rank in writers(layout, d.moe):
+            state: dict[str, Any] = {} if args is None else {"args": args(values), **_file_extras(layout)}
+            offset = 0
+            for index, (stage, key, count) in enumerate(order):
+                if stage == pp:
+                    where = (offset, count, index == 0, index == len(order) - 1)
+                    state[key] = _chunk(
+                        hf=hf, d=d, layout=layout, rank=(tp_rank, ep_rank), where=where, stage=stage
+                    )
+                offset += count
+            rank_dir = iter_dir / folder(tp_rank, pp, ep_rank, layout)
+            rank_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"buckets_coalesced": True}, rank_dir / "distrib_optim.pt")
+            torch.save(state, rank_dir / "model_optim_rng.pt")
+    (step_dir / "actor" / "latest_checkpointed_iteration.txt").write_text(str(layout.step))
+    return step_dir / "actor"
