@@ -13,9 +13,10 @@ The daemon loop is::
 the kernel mask (close-after-write, create, move), so a trainer streaming shards does not flood us and
 our own reads (close-no-write) never wake us. ``poll`` starts no thread at all: right for NFS/Lustre,
 where inotify sees nothing written by other hosts. ``auto`` tries inotify and falls back to ``poll``
-when it cannot start (watch or instance limits). A root that does not exist yet is covered by a
-non-recursive watch on its nearest existing ancestor and moved to the root itself by :meth:`refresh`,
-which :meth:`wait` calls every time.
+when it cannot start (watch or instance limits); it also leaves roots on network filesystems
+(/proc/mounts) unwatched, and uses ``poll`` when every root is on one. A root that does not exist
+yet is covered by a non-recursive watch on its nearest existing ancestor and moved to the root
+itself by :meth:`refresh`, which :meth:`wait` calls every time.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Literal
 import structlog
 from watchdog.events import DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent
 
+from ckptd.watch.fstype import filesystem_type, is_network_fs, read_mounts
 from ckptd.watch.relevance import is_relevant
 
 log = structlog.get_logger("ckptd.watch")
@@ -71,10 +73,17 @@ class WakeupObserver:
         self._lock = threading.Lock()
         self._observer: Any = None
         self._watches: dict[_WatchKey, Any] = {}
+        self._mounts = ""
+        self._network_logged: set[str] = set()
         self._root_handler = _WakeHandler(self._wake, any_dir=False)
         self._ancestor_handler = _WakeHandler(self._wake, any_dir=True)
 
     def start(self) -> None:
+        if self.requested_mode == "auto":
+            self._mounts = read_mounts()
+            if self.roots and all(self._on_network_fs(_watch_key(r)) for r in self.roots):
+                self.mode = "poll"
+                log.warning("watch.fallback_poll", reason="every root is on a network filesystem")
         if self.mode == "poll":
             log.info("watch.started", mode="poll", roots=[str(r) for r in self.roots])
             return
@@ -129,7 +138,8 @@ class WakeupObserver:
 
     def _sync_watches(self) -> bool:
         """Make the scheduled watches match the roots on disk; True when anything changed."""
-        wanted = {key for root in self.roots if (key := _watch_key(root)) is not None}
+        keys = {key for root in self.roots if (key := _watch_key(root)) is not None}
+        wanted = {key for key in keys if not self._on_network_fs(key)}
         stale = [k for k in self._watches if k not in wanted]
         for key in stale:
             _unschedule(self._observer, self._watches.pop(key))
@@ -141,6 +151,19 @@ class WakeupObserver:
             if not recursive:
                 log.info("watch.waiting_for_root", watching=path)
         return bool(stale or added)
+
+    def _on_network_fs(self, key: _WatchKey | None) -> bool:
+        """In auto mode, a watch on NFS/Lustre would see no other host's writes: leave it to the scan."""
+        if key is None or self.requested_mode != "auto":
+            return False
+        real = os.path.realpath(key[0])
+        fs_type = filesystem_type(real, self._mounts)
+        if not is_network_fs(fs_type):
+            return False
+        if real not in self._network_logged:
+            self._network_logged.add(real)
+            log.warning("watch.network_fs", path=real, fs_type=fs_type, hint="only the periodic scan sees it")
+        return True
 
     def _give_up_events(self, error: OSError) -> None:
         if self.requested_mode == "events":

@@ -179,3 +179,47 @@ def test_auto_falls_back_to_poll_when_inotify_cannot_start(
     strict = WakeupObserver([tmp_path], mode="events")
     with pytest.raises(observer_module.WatchStartError):
         strict.start()
+
+
+MOUNTS = """\
+overlay / overlay rw,relatime 0 0
+server:/export /data/runs nfs4 rw,vers=4.2 0 0
+/dev/sdb1 /data/runs/local ext4 rw 0 0
+lustre@o2ib:/fs /mnt/my\\040lustre lustre rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/data/runs/exp", "nfs4"),
+        ("/data/runs", "nfs4"),
+        ("/data/runs/local/exp", "ext4"),
+        ("/data/runsx", "overlay"),
+        ("/mnt/my lustre/a", "lustre"),
+        ("/tmp", "overlay"),
+    ],
+)
+def test_filesystem_type(path: str, expected: str) -> None:
+    from ckptd.watch.fstype import filesystem_type
+
+    assert filesystem_type(path, MOUNTS) == expected
+
+
+def test_auto_uses_poll_when_every_root_is_on_network_fs(
+    tmp_path: Path, no_thread_leak: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptd.watch import fstype
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"overlay / overlay rw 0 0\nserver:/x {tmp_path} nfs rw 0 0\n")
+    monkeypatch.setattr(fstype, "PROC_MOUNTS", mounts)
+    before = threading.active_count()
+    obs = WakeupObserver([tmp_path / "runs"], mode="auto")
+    obs.start()
+    assert obs.mode == "poll" and threading.active_count() == before
+    obs.stop()
+    forced = WakeupObserver([tmp_path / "runs"], mode="events")  # explicit events: watch anyway
+    forced.start()
+    assert forced.watching == [str(tmp_path)]
+    forced.stop()
