@@ -31,6 +31,6 @@ VOLUME ["/var/lib/ckptd"]
 EXPOSE 9464
 HEALTHCHECK --interval=60s --timeout=20s --start-period=120s --retries=3 \
   CMD ["ckptd", "health"]
-# Exec form: ckptd is PID 1's direct child of nothing — signals reach it unchanged.
+# Exec form: ckptd is PID 1 and gets docker stop's SIGTERM itself (no shell in between).
 ENTRYPOINT ["ckptd"]
 CMD ["run"]
