@@ -10,6 +10,7 @@ Typical use (what :class:`ckptd.watch.Scanner` does)::
 from __future__ import annotations
 
 from ckptd.detect.classify import (
+    NOTHING_TO_SETTLE,
     Classification,
     Complete,
     Format,
@@ -31,6 +32,7 @@ from ckptd.detect.listing import (
 from ckptd.detect.names import parse_step_dir_name
 
 __all__ = [
+    "NOTHING_TO_SETTLE",
     "Classification",
     "Complete",
     "DcpListing",

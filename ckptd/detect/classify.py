@@ -62,6 +62,10 @@ class NotACheckpoint:
 Classification = Complete | Incomplete | NotACheckpoint
 
 
+# signature() of a step with neither a DCP .metadata nor full_weights.pt: nothing is settling.
+NOTHING_TO_SETTLE = "dcp=none;fw=none"
+
+
 def signature(listing: StepListing) -> str:
     """Identity of the files whose settling :func:`classify` waits for."""
     dcp = listing.dcp.metadata if listing.dcp is not None else None

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import structlog
 
-from ckptd.detect import Complete, FileStat, Incomplete, Observation, classify, list_step, observe
+from ckptd.detect import (
+    NOTHING_TO_SETTLE,
+    Complete,
+    FileStat,
+    Incomplete,
+    Observation,
+    classify,
+    list_step,
+    observe,
+)
 from ckptd.watch.discover import DEFAULT_MAX_DEPTH, StepDir, find_step_dirs
 
 log = structlog.get_logger("ckptd.watch")
@@ -58,6 +67,9 @@ class ScanResult:
     new: list[CheckpointRef] = field(default_factory=list)  # complete, fingerprint not reported before
     skipped: int = 0  # dirs skipped on errors (unreadable, vanished mid-scan)
     seconds: float = 0.0
+    # Seconds until the earliest settle window ends (a step may then turn complete): scan again then
+    # rather than a whole interval later. None when nothing is settling.
+    recheck_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -143,9 +155,15 @@ class Scanner:
             self._complete[key] = _Done(ref, f"{key}/{outcome.marker}", outcome.marker_stat)
             self._add_complete(key, ref)
             return
-        self._observations[key] = observe(listing, previous, now)
+        observation = self._observations[key] = observe(listing, previous, now)
+        if observation.signature != NOTHING_TO_SETTLE and isinstance(outcome, Incomplete):
+            self._note_settling(max(0.0, observation.since + self.settle_seconds - now))
         pending = PendingRef(step_dir.root, step_dir.experiment, step_dir.step, step_dir.path, outcome.reason)
         (self._result.incomplete if isinstance(outcome, Incomplete) else self._result.ignored).append(pending)
+
+    def _note_settling(self, left: float) -> None:
+        current = self._result.recheck_in
+        self._result.recheck_in = left if current is None else min(current, left)
 
     def _add_complete(self, key: str, ref: CheckpointRef) -> None:
         self._result.complete.append(ref)

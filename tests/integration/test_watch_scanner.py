@@ -126,9 +126,14 @@ def test_incomplete_to_complete_across_scans(tmp_path: Path) -> None:
     assert not first.complete and "waiting for" in first.incomplete[0].reason
 
     write_fsdp_step(step1)  # .metadata by rename, then full_weights.pt
+    assert first.recheck_in is None  # waiting for a marker, not for a settle window
     clock.now += 10
     second = scanner.scan()
     assert not second.complete and "first seen" in second.incomplete[0].reason
+    assert second.recheck_in == 30
+    clock.now += 12
+    assert scanner.scan().recheck_in == 18
+    clock.now -= 12
 
     clock.now += 30
     third = scanner.scan()
