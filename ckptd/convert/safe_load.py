@@ -112,7 +112,7 @@ def allowlist_for(globals_found: list[str], path: Path) -> list[Any]:
 def _unsafe_globals(path: Path) -> list[str]:
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, KeyError) as exc:
+    except (RuntimeError, OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError) as exc:
         raise ConversionError(f"{path}: corrupt or truncated torch file ({_short(exc)})") from None
 
 

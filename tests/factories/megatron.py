@@ -449,3 +449,26 @@ def save_megatron(base_dir: Path, step_dir: Path, layout: MegatronLayout) -> Pat
             torch.save(state, rank_dir / "model_optim_rng.pt")
     (step_dir / "actor" / "latest_checkpointed_iteration.txt").write_text(str(layout.step))
     return step_dir / "actor"
+
+
+def make_checkpoint(root: Path, kind: str, layout: MegatronLayout, **overrides: Any) -> tuple[Path, Path]:
+    """A tiny HF base model (in the layout's dtype) and its Megatron checkpoint: (base dir, step dir)."""
+    from tests.factories.tiny_hf import build_model, save_base_model
+
+    model = build_model(kind, dtype=layout.dtype, **overrides)
+    base = save_base_model(model, root / "base")
+    step_dir = root / "run" / "checkpoints" / f"global_step_{layout.step}"
+    save_megatron(base, step_dir, layout)
+    return base, step_dir
+
+
+def assert_same_weights(base: Path, out: Path) -> None:
+    """Every output tensor bit-exact against the base model's files (tied lm_head absent from both)."""
+    import json
+
+    expected, got = file_state(base), file_state(out)
+    if json.loads((base / "config.json").read_text()).get("tie_word_embeddings"):
+        expected.pop("lm_head.weight", None)
+    assert sorted(got) == sorted(expected), sorted(set(got) ^ set(expected))[:5]
+    differ = [k for k, v in expected.items() if got[k].dtype != v.dtype or not torch.equal(got[k], v)]
+    assert not differ, differ[:5]

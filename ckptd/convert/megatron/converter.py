@@ -69,14 +69,9 @@ def _memory_budget(explicit: int | None) -> int:
 
 
 def _base_dir(request: ConvertRequest, source: SourceInfo) -> Path:
-    if request.base_model is not None:
-        return request.base_model
-    try:
-        from ckptd.convert.base_model import resolve_base_model  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        raise ConfigError(f"{source.checkpoint_dir}: no --base-model given; name the HF model dir") from None
-    resolved: Path = resolve_base_model(request, source)
-    return resolved
+    from ckptd.convert.base_model import resolve_base_model
+
+    return resolve_base_model(request, source)
 
 
 def _resolved_config(base_dir: Path) -> dict[str, Any]:

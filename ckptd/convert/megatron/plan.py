@@ -108,7 +108,8 @@ class Planner:
                 raise ConversionError(
                     f"{piece.folder}[{piece.chunk}] {piece.key}: shape {shape} but {expected} expected "
                     f"from config.json (hidden={self.dims.hidden}, heads={self.dims.heads}, "
-                    f"groups={self.dims.groups}, head_dim={self.dims.head_dim}) and {len(pieces)}-way split"
+                    f"groups={self.dims.groups}, head_dim={self.dims.head_dim}, ffn={self.dims.ffn}) "
+                    f"and a {len(pieces)}-way split"
                 )
         if len(dtypes) != 1:
             raise ConversionError(
