@@ -6,11 +6,11 @@ Rules (formats.md §1.3; pitfalls 12 and 14):
   global barrier) holds a decimal iteration whose ``iter_<N:07d>`` dir exists and has ``mp_rank_*``
   dirs (or a DCP ``.metadata``: the torch_dist format). ``release`` is a converted HF->MG checkpoint,
   never a training step.
-- FSDP: the DCP ``.metadata`` appears by atomic rename, so it proves the sharded part. ``full_weights.pt``
-  is written after it with a plain, non-atomic ``torch.save``: it must open as a zip and keep its size and
-  mtime for ``settle_seconds`` of our own clock (two observations) unless a later ``global_step_*`` or
-  ``data/data.pt`` exists, which the trainer only writes once the step is finished. With the DCP alone we
-  also wait for the settle window, because ``full_weights.pt`` may be about to start.
+- FSDP: the DCP ``.metadata`` appears by atomic rename, so it proves the sharded part, and the converter
+  reads the DCP whenever it is there: such a step is complete at once, whatever state ``full_weights.pt``
+  is in. Without a DCP, ``full_weights.pt`` (a plain, non-atomic ``torch.save``) must open as a zip and
+  keep its size and mtime for ``settle_seconds`` of our own clock (two observations) unless a later
+  ``global_step_*`` or ``data/data.pt`` exists, which the trainer only writes once the step is finished.
 - ``critic/`` alone is a value head, not a language model.
 
 The fingerprint names the file whose atomic appearance made the step complete (the tracker, the DCP
@@ -145,24 +145,27 @@ def _classify_fsdp(
         tmp = f", {names.DCP_METADATA_TMP} present" if dcp.metadata_tmp else ""
         found = f"{dcp.distcp_files} .distcp so far{tmp}"
         return _unfinished(listing, f"waiting for {dcp.rel_dir}/{names.DCP_METADATA} ({found})")
-    if dcp is None and fw is None:
+    if dcp is not None and dcp.metadata is not None:
+        marker = f"{dcp.rel_dir}/{names.DCP_METADATA}"
+        return _complete(step, dcp.metadata, marker, "dcp", f"{marker} present (atomic; the DCP is read)")
+    if fw is None:
         return _unfinished(listing, "actor/ has no dcp_checkpoint/.metadata, full_weights.pt or tracker")
     finished = listing.later_sibling or listing.data_pt
     wait = None if finished else _full_weights_wait(listing, fw, previous, now, settle_seconds)
     if wait is not None:
         return Incomplete(wait)
-    if dcp is not None and dcp.metadata is not None:
-        stat, marker, layout = dcp.metadata, f"{dcp.rel_dir}/{names.DCP_METADATA}", "dcp"
-    elif fw is not None and fw.zip_ok:
-        stat, marker, layout = fw.stat, fw.rel_path, "full_weights"
-    else:
+    if not fw.zip_ok:
         return Incomplete("full_weights.pt is not a readable zip although the trainer moved on (corrupt?)")
     why = "a later step or data/data.pt exists" if finished else "settled"
+    return _complete(step, fw.stat, fw.rel_path, "full_weights", f"{fw.rel_path} present; {why}")
+
+
+def _complete(step: int, stat: FileStat, marker: str, layout: str, reason: str) -> Complete:
     return Complete(
         format="fsdp",
         step=step,
         fingerprint=f"fsdp:{layout}:{stat.size}:{stat.mtime_ns}",
-        reason=f"{marker} present; {why}",
+        reason=reason,
         layout=layout,
         marker=marker,
         marker_stat=stat,

@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from ckptd.demo_model import CHAT_TEMPLATE  # noqa: F401 (re-exported for tests)
-from ckptd.demo_model import make_tokenizer
+from ckptd.demo_model import (
+    CHAT_TEMPLATE,  # noqa: F401 (re-exported for tests)
+    make_tokenizer,
+)
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 96,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.detect.layouts import write_fsdp_step, write_megatron_step
+from ckptd.detect.layouts import write_fsdp_step, write_full_weights, write_megatron_step
 from ckptd.watch import Scanner, StepDir, find_step_dirs
 
 
@@ -124,24 +124,30 @@ def test_incomplete_to_complete_across_scans(tmp_path: Path) -> None:
 
     first = scanner.scan()
     assert not first.complete and "waiting for" in first.incomplete[0].reason
-
-    write_fsdp_step(step1)  # .metadata by rename, then full_weights.pt
     assert first.recheck_in is None  # waiting for a marker, not for a settle window
+
+    write_fsdp_step(step1)  # .metadata by rename: the DCP is complete at once
     clock.now += 10
     second = scanner.scan()
-    assert not second.complete and "first seen" in second.incomplete[0].reason
-    assert second.recheck_in == 30
+    assert [(r.experiment, r.step, r.format) for r in second.complete] == [("exp", 1, "fsdp")]
+    assert second.new == second.complete
+
+    third = scanner.scan()
+    assert third.complete == second.complete and third.new == []
+
+
+def test_full_weights_only_step_settles_across_scans(tmp_path: Path) -> None:
+    clock = FakeClock()
+    write_full_weights(tmp_path / "runs/exp/checkpoints/global_step_1/actor/model_state_dict/full_weights.pt")
+    scanner = Scanner([tmp_path / "runs"], settle_seconds=30, clock=clock)
+    first = scanner.scan()
+    assert not first.complete and "first seen" in first.incomplete[0].reason
+    assert first.recheck_in == 30
     clock.now += 12
     assert scanner.scan().recheck_in == 18
-    clock.now -= 12
-
-    clock.now += 30
-    third = scanner.scan()
-    assert [(r.experiment, r.step, r.format) for r in third.complete] == [("exp", 1, "fsdp")]
-    assert third.new == third.complete
-
-    fourth = scanner.scan()
-    assert fourth.complete == third.complete and fourth.new == []
+    clock.now += 18
+    done = scanner.scan()
+    assert [(r.step, r.layout) for r in done.complete] == [(1, "full_weights")]
 
 
 def test_later_step_completes_earlier_one_at_once(tmp_path: Path) -> None:

@@ -147,41 +147,56 @@ def test_fsdp_shards_only_waits(tmp_path: Path) -> None:
     assert isinstance(result, Incomplete) and "2 .distcp" in result.reason
 
 
-def test_fsdp_complete_after_settle(tmp_path: Path) -> None:
-    step = write_fsdp_step(tmp_path / "global_step_2")
-    assert isinstance(run(step), Incomplete)  # first sighting
-    result = settled(step)
+def fw_only(tmp_path: Path, numel: int = 16) -> Path:
+    """An FSDP step with only ``model_state_dict/full_weights.pt`` (no DCP): the settle rules apply."""
+    step = tmp_path / "global_step_2"
+    write_full_weights(step / "actor/model_state_dict/full_weights.pt", numel=numel)
+    return step
+
+
+@pytest.mark.parametrize("full_weights", [True, False])
+def test_fsdp_dcp_metadata_is_complete_at_once(tmp_path: Path, full_weights: bool) -> None:
+    # The DCP is what gets converted, so a still-growing full_weights.pt beside it does not matter.
+    step = write_fsdp_step(tmp_path / "global_step_2", full_weights=full_weights)
+    result = run(step)
     assert isinstance(result, Complete)
     assert (result.format, result.layout, result.marker) == ("fsdp", "dcp", "actor/dcp_checkpoint/.metadata")
 
 
-def test_fsdp_settle_window_not_over_yet(tmp_path: Path) -> None:
+def test_fsdp_dcp_complete_beside_half_written_full_weights(tmp_path: Path) -> None:
     step = write_fsdp_step(tmp_path / "global_step_2")
+    fw = step / "actor/model_state_dict/full_weights.pt"
+    fw.write_bytes(fw.read_bytes()[:50])
+    result = run(step)
+    assert isinstance(result, Complete) and result.layout == "dcp"
+
+
+def test_fsdp_full_weights_complete_after_settle(tmp_path: Path) -> None:
+    step = fw_only(tmp_path)
+    assert isinstance(run(step), Incomplete)  # first sighting
+    result = settled(step)
+    assert isinstance(result, Complete) and result.layout == "full_weights"
+
+
+def test_fsdp_settle_window_not_over_yet(tmp_path: Path) -> None:
+    step = fw_only(tmp_path)
     first = observe(list_step(step), None, 1000.0)
     result = run(step, first, now=1000.0 + SETTLE - 1)
     assert isinstance(result, Incomplete) and "settle window" in result.reason
 
 
-def test_fsdp_dcp_only_also_waits_for_settle(tmp_path: Path) -> None:
-    step = write_fsdp_step(tmp_path / "global_step_2", full_weights=False)
-    first = run(step)
-    assert isinstance(first, Incomplete) and "no full_weights.pt yet" in first.reason
-    assert isinstance(settled(step), Complete)
-
-
 def test_fsdp_old_layout_in_actor(tmp_path: Path) -> None:
     step = write_fsdp_step(tmp_path / "global_step_2", old_layout=True, full_weights=False)
-    result = settled(step)
+    result = run(step)
     assert isinstance(result, Complete) and result.marker == "actor/.metadata"
 
 
 def test_fsdp_settle_zero_means_immediately(tmp_path: Path) -> None:
-    step = write_fsdp_step(tmp_path / "global_step_2")
-    assert isinstance(run(step, settle=0), Complete)
+    assert isinstance(run(fw_only(tmp_path), settle=0), Complete)
 
 
 def test_truncated_full_weights_is_incomplete(tmp_path: Path) -> None:
-    step = write_fsdp_step(tmp_path / "global_step_2", data_pt=False)
+    step = fw_only(tmp_path)
     fw = step / "actor/model_state_dict/full_weights.pt"
     data = fw.read_bytes()
     fw.write_bytes(data[: len(data) // 2])
@@ -190,7 +205,7 @@ def test_truncated_full_weights_is_incomplete(tmp_path: Path) -> None:
 
 
 def test_size_changing_restarts_the_settle_window(tmp_path: Path) -> None:
-    step = write_fsdp_step(tmp_path / "global_step_2")
+    step = fw_only(tmp_path)
     obs = observe(list_step(step), None, 1000.0)
     write_full_weights(step / "actor/model_state_dict/full_weights.pt", numel=4096)  # grew
     changed = run(step, obs, now=1000.0 + SETTLE)
@@ -209,9 +224,12 @@ def test_observe_keeps_previous_while_unchanged(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("marker", ["later_sibling", "data_pt"])
 def test_later_step_or_data_pt_proves_full_weights_done(tmp_path: Path, marker: str) -> None:
-    step = write_fsdp_step(tmp_path / "global_step_2", data_pt=marker == "data_pt")
+    step = fw_only(tmp_path)
     if marker == "later_sibling":
         (tmp_path / "global_step_3").mkdir()
+    else:
+        (step / "data").mkdir()
+        write_full_weights(step / "data" / "data.pt")
     result = run(step)  # no previous observation needed
     assert isinstance(result, Complete) and "later step" in result.reason
 
