@@ -70,6 +70,11 @@ class WrittenCkpt:
     def full_weights(self) -> Path:
         return self.actor / "model_state_dict" / "full_weights.pt"
 
+    @property
+    def lora_config(self) -> Path:
+        """The adapter_config.json dir of the run's initial adapter (LoRA specs only)."""
+        return self.base_dir.parent.parent / "lora_init" / self.spec.name
+
 
 class _Checkpoint:
     """RLinf's Stateful wrapper: model, optimizers, lr_schedulers, fsdp_version, rng."""
@@ -168,7 +173,7 @@ def _worker(rank: int, world: int, init_file: str, jobs: list[tuple[CkptSpec, st
         dist.destroy_process_group()
 
 
-def _trainer_config(spec: CkptSpec, base_dir: Path) -> str:
+def _trainer_config(spec: CkptSpec, base_dir: Path, lora_dir: Path) -> str:
     lines = [
         "runner:",
         f"  experiment_name: {spec.name}",
@@ -178,7 +183,7 @@ def _trainer_config(spec: CkptSpec, base_dir: Path) -> str:
         f"    model_path: {base_dir}",
     ]
     if spec.lora:
-        lines += ["    is_lora: true", f"    lora_rank: {spec.lora.r}", "    lora_path: null"]
+        lines += ["    is_lora: true", f"    lora_rank: {spec.lora.r}", f"    lora_path: {lora_dir}"]
     return "\n".join(lines) + "\n"
 
 
@@ -191,10 +196,14 @@ def _prepare(root: Path, spec: CkptSpec) -> tuple[WrittenCkpt, Path]:
     base_dir = save_base_model(_pristine_base(spec), root / "base" / spec.name)
     if spec.old_layout:
         save_base_model(_pristine_base(spec), step_dir / "actor" / "huggingface_model")
+    lora_dir = root / "lora_init" / spec.name
+    if spec.lora:
+        # The adapter the run started from (RLinf actor.model.lora_path): its config holds alpha.
+        model.peft_config["default"].save_pretrained(str(lora_dir))
     if spec.trainer_config:
         tb = experiment / "tensorboard" / "run0"
         tb.mkdir(parents=True)
-        (tb / "config.yaml").write_text(_trainer_config(spec, base_dir))
+        (tb / "config.yaml").write_text(_trainer_config(spec, base_dir, lora_dir))
     state_file = root / "states" / f"{spec.name}.pt"
     state_file.parent.mkdir(exist_ok=True)
     torch.save(model.state_dict(), state_file)

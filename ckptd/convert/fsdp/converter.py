@@ -21,6 +21,7 @@ from ckptd.convert.fsdp.layout import FsdpFiles, locate, step_of
 from ckptd.convert.fsdp.plan import FsdpPlan, batches, build_plan
 from ckptd.convert.hfdir import load_config
 from ckptd.convert.writer import ShardedWriter, ShardPlan, ShardRecord
+from ckptd.errors import ConversionError
 
 log = structlog.get_logger("ckptd.convert")
 
@@ -96,6 +97,11 @@ class _Context:
     def _finish(self, name: str, loaded: dict[str, torch.Tensor]) -> torch.Tensor:
         spec = self.plan.tensors[name]
         tensor = loaded[spec.src]
+        if spec.same_as is not None and not torch.equal(tensor, loaded[spec.same_as]):
+            raise ConversionError(
+                f"{spec.same_as} differs from {spec.src} but the base config ties them; "
+                "check --base-model matches the trained model (tie_word_embeddings)"
+            )
         if spec.keep_rows is not None:
             tensor = tensor[: spec.keep_rows]
         if spec.lora is not None and self.settings is not None:
@@ -236,7 +242,7 @@ def _report(
         warnings=ctx.warnings,
         adapter_dir=adapter_dir,
         extra={
-            "tied_lm_head_dropped": ctx.plan.tied_head_dropped,
+            "tied_lm_head_dropped": ctx.plan.tied_head_dropped is not None,
             "lora": _lora_summary(ctx, request),
             "weights_seconds": round(seconds, 3),
             "readers_available": source.details.get("readers_available"),

@@ -116,12 +116,14 @@ def map_keys(raw_keys: Iterable[str]) -> KeyMap:
     return keymap
 
 
-def drop_tied_head(keymap: KeyMap, tied: bool, embed: str = "model.embed_tokens.weight") -> bool:
-    """With tied embeddings the output holds the embedding once and no ``lm_head.weight`` (§2.7)."""
+def drop_tied_head(keymap: KeyMap, tied: bool, embed: str = "model.embed_tokens.weight") -> str | None:
+    """With tied embeddings the output holds the embedding once and no ``lm_head.weight`` (§2.7).
+
+    Returns the dropped head's source key, so the caller can check it really equals the embedding.
+    """
     if not tied or "lm_head.weight" not in keymap.weights or embed not in keymap.weights:
-        return False
-    del keymap.weights["lm_head.weight"]
-    return True
+        return None
+    return keymap.weights.pop("lm_head.weight")
 
 
 def natural_key(name: str) -> tuple[str | int, ...]:

@@ -24,6 +24,7 @@ class OutTensor:
     keep_rows: int | None  # vocab padding rows beyond config.vocab_size are cut
     lora: LoraPair | None  # merged into this weight (merge mode only)
     dtype: torch.dtype
+    same_as: str | None = None  # a source key that must hold the same values (a dropped tied head)
 
 
 @dataclass
@@ -32,7 +33,7 @@ class FsdpPlan:
     shards: list[ShardPlan]
     lora: dict[str, LoraPair]  # every LoRA pair found, by target weight
     lora_ranks: dict[str, int]  # module -> r
-    tied_head_dropped: bool
+    tied_head_dropped: str | None  # source key of the lm_head left out of a tied output
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -41,7 +42,7 @@ class FsdpPlan:
 
     def source_keys(self, name: str, merge: bool) -> list[str]:
         out = self.tensors[name]
-        keys = [out.src]
+        keys = [out.src] + ([out.same_as] if out.same_as else [])
         if merge and out.lora is not None:
             keys += [out.lora.a_key, out.lora.b_key]
         return keys
@@ -83,7 +84,8 @@ def build_plan(
             warnings.append(f"{name}: {entry.shape[0] - keep} vocab padding rows beyond {keep} dropped")
         shapes[name] = (keep, *entry.shape[1:]) if keep is not None else entry.shape
         pair = keymap.lora.get(name) if merge else None
-        tensors[name] = OutTensor(name, src, keep, pair, output_dtype(name, entry.dtype, target))
+        same_as = dropped if dropped and name == "model.embed_tokens.weight" else None
+        tensors[name] = OutTensor(name, src, keep, pair, output_dtype(name, entry.dtype, target), same_as)
     check_keys(shapes, arch.expected, where)
     orphans = sorted(set(keymap.lora) - set(tensors))
     if orphans:
