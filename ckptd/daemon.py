@@ -96,8 +96,8 @@ class Daemon:
             now = time.monotonic()
             if self.observer.wait(0) or now >= next_scan:
                 self.observer.clear()
-                self.scan_and_enqueue()
-                next_scan = time.monotonic() + self.config.scan.interval
+                recheck_in = self.scan_and_enqueue()
+                next_scan = time.monotonic() + min(self.config.scan.interval, recheck_in)
             if now >= next_reap:
                 self._reap()
                 next_reap = now + self.config.queue.reap_interval
@@ -116,20 +116,23 @@ class Daemon:
         for job_id in self.repo.reap():
             log.warning("job.lease_expired", job_id=job_id)
 
-    def scan_and_enqueue(self) -> int:
-        created = 0
+    def scan_and_enqueue(self) -> float:
+        """Scan every root and enqueue what is complete; return when a settling step is worth a rescan."""
+        recheck_in = float("inf")
         for watched in self._watched:
             result = watched.scanner.scan()
             for ref in result.complete:
-                created += self._enqueue(watched.watch, ref)
+                self._enqueue(watched.watch, ref)
+            if result.recheck_in is not None:
+                recheck_in = min(recheck_in, result.recheck_in)
         self.last_scan_at = time.time()
-        return created
+        return recheck_in
 
-    def _enqueue(self, watch: WatchConfig, ref: CheckpointRef) -> int:
+    def _enqueue(self, watch: WatchConfig, ref: CheckpointRef) -> None:
         source = str(ref.path)
         key = (source, ref.fingerprint)
         if key in self._seen:
-            return 0
+            return
         experiment, step, fmt = ref.experiment, ref.step, ref.format
         log.info("checkpoint.detected", experiment=experiment, step=step, format=fmt, source=source)
         output = watch.output_root / experiment / Path(source).name
@@ -146,7 +149,6 @@ class Daemon:
         self._seen.add(key)
         if created:
             log.info("job.enqueued", job_id=job.id, experiment=experiment, step=step, output=str(output))
-        return int(created)
 
     def status_line(self) -> str:
         counts = self.repo.counts()
