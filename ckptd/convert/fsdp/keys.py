@@ -93,7 +93,12 @@ def _add_lora(keymap: KeyMap, raw: str, match: re.Match[str], halves: dict[str, 
 
 def map_keys(raw_keys: Iterable[str]) -> KeyMap:
     """Sort source keys into HF weights and LoRA pairs; refuse collisions and unsupported PEFT parts."""
-    normalised = {normalise_key(raw): raw for raw in raw_keys}
+    normalised: dict[str, str] = {}
+    for raw in raw_keys:
+        key = normalise_key(raw)
+        if key in normalised:
+            raise ConversionError(f"{raw} and {normalised[key]} both normalise to {key}")
+        normalised[key] = raw
     keymap = KeyMap(peft=any(key.startswith(PEFT_PREFIX) for key in normalised))
     halves: dict[str, dict[str, str]] = {}
     for key, raw in sorted(normalised.items()):
