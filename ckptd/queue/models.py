@@ -32,7 +32,11 @@ NAMING_CONVENTION = {
 }
 
 # The claim query only ever looks at live jobs; a partial index keeps done/dead history out of its way.
-_LIVE_JOBS = "state IN ('queued', 'failed', 'waiting')"
+# The query repeats this exact text: SQLite uses a partial index only when the query's WHERE contains
+# its WHERE term verbatim (a bound parameter or a reordered IN list does not count).
+LIVE_JOBS_SQL = "state IN ('queued', 'failed', 'waiting')"
+# The reaper's index: only running jobs have a lease.
+RUNNING_JOBS_SQL = "state = 'running'"
 
 
 class Base(DeclarativeBase):
@@ -48,10 +52,15 @@ class JobRow(Base):
             "priority",
             "step",
             "id",
-            sqlite_where=text(_LIVE_JOBS),
-            postgresql_where=text(_LIVE_JOBS),
+            sqlite_where=text(LIVE_JOBS_SQL),
+            postgresql_where=text(LIVE_JOBS_SQL),
         ),
-        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            sqlite_where=text(RUNNING_JOBS_SQL),
+            postgresql_where=text(RUNNING_JOBS_SQL),
+        ),
         Index("ix_jobs_experiment_step", "experiment", "step"),
     )
 

@@ -13,22 +13,32 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from ckptd.queue import queries
 from ckptd.queue.backoff import DEFAULT_BASE_S, DEFAULT_CAP_S, Backoff
-from ckptd.queue.dialect import claim_candidate, insert_unless_exists, upsert
+from ckptd.queue.dialect import SNAPSHOT_COLUMNS, claim_candidate, insert_unless_exists
 from ckptd.queue.engine import read_transaction, write_transaction
 from ckptd.queue.errors import JobNotFoundError
-from ckptd.queue.models import jobs, workers
+from ckptd.queue.models import jobs
 from ckptd.queue.records import Claim, Job, JobEvent, Worker, job_from_row, one_line, to_json
 from ckptd.queue.states import INITIAL_STATE, JobState
 from ckptd.queue.transitions import Snapshot, apply, owned_snapshot, read_snapshot, record_event
+from ckptd.queue.workers import Clock, WorkerRegistry
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "Claim", "Event", "Job", "JobEvent", "JobRepository", "JobState", "Worker"]
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "Claim",
+    "Clock",
+    "Event",
+    "Job",
+    "JobEvent",
+    "JobRepository",
+    "JobState",
+    "Worker",
+]
 
 DEFAULT_MAX_ATTEMPTS = 5
-Clock = Callable[[], float]
 
 
 class Event(StrEnum):
@@ -47,8 +57,22 @@ class Event(StrEnum):
 # Fields cleared whenever a job stops running, so a queued job never shows a stale lease.
 _NOT_RUNNING = {"lease_expires_at": None, "heartbeat_at": None}
 
+# Not a state change: only the owner's lease moves. SET columns come from the execute() parameters.
+_HEARTBEAT = update(jobs).where(
+    jobs.c.id == bindparam("expected_id"),
+    jobs.c.state == JobState.RUNNING,
+    jobs.c.fencing_token == bindparam("expected_token"),
+)
+_EXPIRED_LEASES = (
+    select(*SNAPSHOT_COLUMNS)
+    .where(jobs.c.state == JobState.RUNNING, jobs.c.lease_expires_at < bindparam("now"))
+    .order_by(jobs.c.id)
+)
 
-class JobRepository:
+
+class JobRepository(WorkerRegistry):
+    """The job queue on one database; also the worker registry (see :class:`WorkerRegistry`)."""
+
     def __init__(
         self,
         engine: Engine,
@@ -58,8 +82,7 @@ class JobRepository:
         backoff_cap_s: float = DEFAULT_CAP_S,
         rng: random.Random | None = None,
     ) -> None:
-        self.engine = engine
-        self._clock = clock
+        super().__init__(engine, clock)
         self._backoff = Backoff(backoff_base_s, backoff_cap_s, rng or random.Random())
 
     # -- producers ---------------------------------------------------------------------------------
@@ -119,28 +142,24 @@ class JobRepository:
         """Take the next due job (newest step first) for ``lease_seconds``; None when nothing is due."""
         now = self._clock()
         with write_transaction(self.engine) as connection:
-            candidate = connection.execute(claim_candidate(connection.dialect.name, now)).mappings().first()
+            candidate_query = claim_candidate(connection.dialect.name)
+            candidate = connection.execute(candidate_query, {"now": now}).mappings().first()
             if candidate is None:
                 return None
-            snapshot = Snapshot(candidate["id"], JobState(candidate["state"]), candidate["fencing_token"])
-            row = apply(
-                connection,
-                snapshot,
-                JobState.RUNNING,
-                event=Event.CLAIMED,
-                now=now,
-                worker_id=worker_id,
-                values={
-                    "worker_id": worker_id,
-                    "attempts": jobs.c.attempts + 1,
-                    "fencing_token": jobs.c.fencing_token + 1,
-                    "lease_expires_at": now + lease_seconds,
-                    "heartbeat_at": now,
-                    "started_at": now,
-                    "finished_at": None,
-                    "not_before": None,
-                },
-            )
+            snapshot = Snapshot.from_row(candidate)
+            row = apply(connection, snapshot, JobState.RUNNING, event=Event.CLAIMED, now=now,
+                        worker_id=worker_id, values={
+                            "worker_id": worker_id,
+                            "attempts": snapshot.attempts + 1,
+                            # Strictly increasing per job; safe to compute here because the
+                            # UPDATE only applies if the token is still the one just read.
+                            "fencing_token": snapshot.fencing_token + 1,
+                            "lease_expires_at": now + lease_seconds,
+                            "heartbeat_at": now,
+                            "started_at": now,
+                            "finished_at": None,
+                            "not_before": None,
+                        })  # fmt: skip
         if row is None:  # PostgreSQL only: the row changed under us despite the lock; try again later
             return None
         job = job_from_row(row)
@@ -149,13 +168,15 @@ class JobRepository:
     def heartbeat(self, job_id: int, token: int, lease_seconds: float) -> bool:
         """Extend the lease; False when this token no longer owns the job (reaped, re-claimed, cancelled)."""
         now = self._clock()
-        stmt = (
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING, jobs.c.fencing_token == token)
-            .values(lease_expires_at=now + lease_seconds, heartbeat_at=now, updated_at=now)
-        )
+        params = {
+            "lease_expires_at": now + lease_seconds,
+            "heartbeat_at": now,
+            "updated_at": now,
+            "expected_id": job_id,
+            "expected_token": token,
+        }
         with write_transaction(self.engine) as connection:
-            return connection.execute(stmt).rowcount == 1
+            return connection.execute(_HEARTBEAT, params).rowcount == 1
 
     def publish_and_finish(
         self, job_id: int, token: int, publish: Callable[[], None], result: Mapping[str, Any]
@@ -189,11 +210,9 @@ class JobRepository:
         message = one_line(error)
         with write_transaction(self.engine) as connection:
             snapshot = owned_snapshot(connection, job_id, token)
-            job = queries.get_job(connection, job_id)
-            assert job is not None
-            gives_up = permanent or job.attempts >= job.max_attempts
+            gives_up = permanent or snapshot.attempts >= snapshot.max_attempts
             target = JobState.DEAD if gives_up else JobState.FAILED
-            not_before = None if gives_up else now + self._backoff.delay(job.attempts)
+            not_before = None if gives_up else now + self._backoff.delay(snapshot.attempts)
             apply(
                 connection,
                 snapshot,
@@ -242,7 +261,7 @@ class JobRepository:
                     **_NOT_RUNNING,
                     "worker_id": None,
                     "not_before": not_before,
-                    "attempts": jobs.c.attempts - 1,
+                    "attempts": snapshot.attempts - 1,
                 },
             )
 
@@ -251,32 +270,21 @@ class JobRepository:
     def reap(self) -> list[int]:
         """Running jobs whose lease has expired: back to queued, or dead once out of attempts."""
         now = self._clock()
-        stmt = select(jobs.c.id, jobs.c.fencing_token, jobs.c.worker_id, jobs.c.attempts, jobs.c.max_attempts)
-        stmt = stmt.where(jobs.c.state == JobState.RUNNING, jobs.c.lease_expires_at < now)
         reaped: list[int] = []
         with write_transaction(self.engine) as connection:
-            for row in connection.execute(stmt.order_by(jobs.c.id)).mappings().all():
-                snapshot = Snapshot(row["id"], JobState.RUNNING, row["fencing_token"], row["worker_id"])
-                expiries = queries.count_events(connection, row["id"], Event.LEASE_EXPIRED) + 1
+            for row in connection.execute(_EXPIRED_LEASES, {"now": now}).mappings().all():
+                snapshot = Snapshot.from_row(row)
+                expiries = queries.count_events(connection, snapshot.job_id, Event.LEASE_EXPIRED) + 1
                 message = f"lease expired {expiries} times (worker died?)"
-                gives_up = row["attempts"] >= row["max_attempts"]
-                target = JobState.DEAD if gives_up else JobState.QUEUED
+                gives_up = snapshot.attempts >= snapshot.max_attempts
                 values: dict[str, Any] = {**_NOT_RUNNING, "worker_id": None, "last_error": message}
                 if gives_up:
                     values["finished_at"] = now
-                if (
-                    apply(
-                        connection,
-                        snapshot,
-                        target,
-                        event=Event.LEASE_EXPIRED,
-                        now=now,
-                        message=message,
-                        values=values,
-                    )
-                    is not None
-                ):
-                    reaped.append(row["id"])
+                target = JobState.DEAD if gives_up else JobState.QUEUED
+                moved = apply(connection, snapshot, target, event=Event.LEASE_EXPIRED, now=now,
+                              message=message, values=values)  # fmt: skip
+                if moved is not None:
+                    reaped.append(snapshot.job_id)
         return reaped
 
     # -- operators ---------------------------------------------------------------------------------
@@ -346,33 +354,3 @@ class JobRepository:
     def counts(self) -> dict[str, int]:
         with read_transaction(self.engine) as connection:
             return queries.count_by_state(connection)
-
-    # -- worker registry -------------------------------------------------------------------------------
-
-    def register_worker(self, worker_id: str, pid: int, host: str) -> None:
-        now = self._clock()
-        values = {
-            "id": worker_id,
-            "pid": pid,
-            "host": host,
-            "started_at": now,
-            "heartbeat_at": now,
-            "stopped_at": None,
-        }
-        with write_transaction(self.engine) as connection:
-            connection.execute(upsert(connection.dialect.name, workers, values, "id"))
-
-    def worker_heartbeat(self, worker_id: str) -> bool:
-        return self._touch_worker(worker_id, heartbeat_at=self._clock())
-
-    def worker_stopped(self, worker_id: str) -> bool:
-        return self._touch_worker(worker_id, stopped_at=self._clock())
-
-    def _touch_worker(self, worker_id: str, **values: float) -> bool:
-        with write_transaction(self.engine) as connection:
-            stmt = update(workers).where(workers.c.id == worker_id).values(**values)
-            return connection.execute(stmt).rowcount == 1
-
-    def list_workers(self) -> list[Worker]:
-        with read_transaction(self.engine) as connection:
-            return queries.list_workers(connection)

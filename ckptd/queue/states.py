@@ -40,7 +40,6 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 # Claimed in one query: queued at once, failed/waiting once their ``not_before`` has passed.
 CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.FAILED, JobState.WAITING})
-DEFERRED_STATES = frozenset({JobState.FAILED, JobState.WAITING})
 TERMINAL_STATES = frozenset({JobState.DONE, JobState.DEAD, JobState.CANCELLED})
 
 

@@ -1,7 +1,8 @@
 """The one way a job changes state: checked against the table, conditional on what was read, logged.
 
 Every UPDATE that changes ``jobs.state`` is made here, ``WHERE state = <read> AND fencing_token =
-<read>``, and writes a ``job_events`` row in the same transaction.
+<read>``, and writes a ``job_events`` row in the same transaction. Statements are built once and
+executed with parameters: the claim/finish cycle is the queue's hot path.
 """
 
 from __future__ import annotations
@@ -10,46 +11,62 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, insert, select, update
+from sqlalchemy import Connection, RowMapping, bindparam, insert, select, update
 
 from ckptd.errors import LeaseLostError
-from ckptd.queue.dialect import update_one_job
+from ckptd.queue.dialect import SNAPSHOT_COLUMNS
 from ckptd.queue.errors import JobNotFoundError
 from ckptd.queue.models import job_events, jobs
 from ckptd.queue.states import JobState, check_transition
 
+_SNAPSHOT_BY_ID = select(*SNAPSHOT_COLUMNS).where(jobs.c.id == bindparam("job_id"))
+_JOB_BY_ID = select(*jobs.c).where(jobs.c.id == bindparam("job_id"))
+# SET columns come from the execute() parameters; the expected_* ones only guard the WHERE.
+_TRANSITION = update(jobs).where(
+    jobs.c.id == bindparam("expected_id"),
+    jobs.c.state == bindparam("expected_state"),
+    jobs.c.fencing_token == bindparam("expected_token"),
+)
+_TRANSITION_RETURNING = _TRANSITION.returning(*jobs.c)
+_INSERT_EVENT = insert(job_events)
+
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a transition is conditional on: the job's state and token as this transaction read them."""
+    """A job as this transaction read it; a transition only applies if state and token are unchanged."""
 
     job_id: int
     state: JobState
     fencing_token: int
-    worker_id: str | None = None
+    worker_id: str | None
+    attempts: int
+    max_attempts: int
 
-
-def _snapshot_select(job_id: int) -> Any:
-    return select(jobs.c.id, jobs.c.state, jobs.c.fencing_token, jobs.c.worker_id).where(jobs.c.id == job_id)
-
-
-def _to_snapshot(row: RowMapping) -> Snapshot:
-    return Snapshot(row["id"], JobState(row["state"]), row["fencing_token"], row["worker_id"])
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Snapshot:
+        return cls(
+            job_id=row["id"],
+            state=JobState(row["state"]),
+            fencing_token=row["fencing_token"],
+            worker_id=row["worker_id"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+        )
 
 
 def read_snapshot(connection: Connection, job_id: int) -> Snapshot:
-    row = connection.execute(_snapshot_select(job_id)).mappings().first()
+    row = connection.execute(_SNAPSHOT_BY_ID, {"job_id": job_id}).mappings().first()
     if row is None:
         raise JobNotFoundError(f"job {job_id} does not exist; `ckptd status` lists the jobs")
-    return _to_snapshot(row)
+    return Snapshot.from_row(row)
 
 
 def owned_snapshot(connection: Connection, job_id: int, token: int) -> Snapshot:
     """The running job that ``token`` still owns; :class:`LeaseLostError` if it was taken away."""
-    row = connection.execute(_snapshot_select(job_id)).mappings().first()
+    row = connection.execute(_SNAPSHOT_BY_ID, {"job_id": job_id}).mappings().first()
     if row is None:
         raise LeaseLostError(f"job {job_id}: lease lost (the job no longer exists)")
-    snapshot = _to_snapshot(row)
+    snapshot = Snapshot.from_row(row)
     if snapshot.state != JobState.RUNNING or snapshot.fencing_token != token:
         raise LeaseLostError(
             f"job {job_id}: lease lost (token {token} is stale: job is {snapshot.state}"
@@ -71,16 +88,15 @@ def apply(
 ) -> RowMapping | None:
     """Move the job from ``snapshot.state`` to ``target``; None if it changed since it was read."""
     check_transition(snapshot.state, target)
-    stmt = (
-        update(jobs)
-        .where(
-            jobs.c.id == snapshot.job_id,
-            jobs.c.state == snapshot.state,
-            jobs.c.fencing_token == snapshot.fencing_token,
-        )
-        .values(state=target, updated_at=now, **(values or {}))
-    )
-    row = update_one_job(connection, stmt, snapshot.job_id)
+    params = {
+        **(values or {}),
+        "state": target,
+        "updated_at": now,
+        "expected_id": snapshot.job_id,
+        "expected_state": snapshot.state,
+        "expected_token": snapshot.fencing_token,
+    }
+    row = _update_job(connection, params, snapshot.job_id)
     if row is not None:
         record_event(
             connection,
@@ -95,6 +111,15 @@ def apply(
     return row
 
 
+def _update_job(connection: Connection, params: Mapping[str, Any], job_id: int) -> RowMapping | None:
+    if connection.dialect.update_returning:  # SQLite >= 3.35, PostgreSQL
+        return connection.execute(_TRANSITION_RETURNING, params).mappings().first()
+    # Older SQLite: the write lock has been held since BEGIN IMMEDIATE, so re-reading the row is safe.
+    if connection.execute(_TRANSITION, params).rowcount != 1:
+        return None
+    return connection.execute(_JOB_BY_ID, {"job_id": job_id}).mappings().one()
+
+
 def record_event(
     connection: Connection,
     *,
@@ -107,13 +132,14 @@ def record_event(
     message: str | None = None,
 ) -> None:
     connection.execute(
-        insert(job_events).values(
-            job_id=job_id,
-            at=now,
-            event=event,
-            from_state=from_state,
-            to_state=to_state,
-            worker_id=worker_id,
-            message=message,
-        )
+        _INSERT_EVENT,
+        {
+            "job_id": job_id,
+            "at": now,
+            "event": event,
+            "from_state": from_state,
+            "to_state": to_state,
+            "worker_id": worker_id,
+            "message": message,
+        },
     )

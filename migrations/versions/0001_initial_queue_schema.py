@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-# Mirrors ckptd.queue.models._LIVE_JOBS: the claim query's partial index covers live jobs only.
+# Mirror ckptd.queue.models.LIVE_JOBS_SQL / RUNNING_JOBS_SQL: the partial indexes' WHERE clauses.
 LIVE_JOBS = "state IN ('queued', 'failed', 'waiting')"
+RUNNING_JOBS = "state = 'running'"
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
@@ -59,7 +60,13 @@ def upgrade() -> None:
             postgresql_where=sa.text(LIVE_JOBS),
         )
         batch_op.create_index("ix_jobs_experiment_step", ["experiment", "step"], unique=False)
-        batch_op.create_index("ix_jobs_state_lease", ["state", "lease_expires_at"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_running_lease",
+            ["lease_expires_at"],
+            unique=False,
+            sqlite_where=sa.text(RUNNING_JOBS),
+            postgresql_where=sa.text(RUNNING_JOBS),
+        )
 
     op.create_table(
         "workers",

@@ -8,6 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
+from ckptd.queue.dialect import claim_candidate
 from ckptd.queue.engine import current_revision, make_engine, upgrade
 from ckptd.queue.errors import SchemaError
 from ckptd.queue.models import Base
@@ -68,6 +69,27 @@ def test_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+def test_migrated_sqlite_ddl_matches_create_all_including_partial_indexes(tmp_path: Path) -> None:
+    # compare_metadata ignores dialect options such as sqlite_where; the DDL text does not.
+    migrated, created = tmp_path / "migrated.db", tmp_path / "created.db"
+    upgrade(make_engine(f"sqlite:///{migrated}"))
+    Base.metadata.create_all(make_engine(f"sqlite:///{created}"))
+
+    assert _schema(migrated) == _schema(created)
+
+
+def test_claim_query_walks_the_partial_index(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'ckptd.db'}")
+    upgrade(engine)
+    with engine.connect() as connection:
+        query = claim_candidate("sqlite").params(now=0.0)
+        sql = str(query.compile(connection, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "USING INDEX ix_jobs_claim_order" in plan
+
+
 def _schema(db: Path) -> list[tuple[str, str]]:
+    """Every table and index definition, leaving out alembic's own bookkeeping table."""
     with sqlite3.connect(db) as connection:
-        return connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+        rows = connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    return [(name, sql) for name, sql in rows if "alembic_version" not in name]

@@ -35,7 +35,7 @@ def test_concurrent_claimers_finish_every_job_exactly_once(tmp_path: Path) -> No
     marker = str(tmp_path / "publishing")
 
     processes = [
-        SPAWN.Process(target=claim_until_empty, args=(url, f"w{n}", str(report), marker))
+        SPAWN.Process(target=claim_until_empty, args=(url, f"w{n}", str(report), marker), daemon=True)
         for n, report in enumerate(reports)
     ]
     for process in processes:
@@ -61,13 +61,14 @@ def test_a_claimer_killed_with_sigkill_is_reaped_and_its_job_finished_by_another
     repo = open_repo(url)
     job = enqueue_step(repo, 7)
     ready = tmp_path / "ready"
-    doomed = SPAWN.Process(target=claim_and_hang, args=(url, str(ready), 30.0, in_publish))
+    doomed = SPAWN.Process(target=claim_and_hang, args=(url, str(ready), 30.0, in_publish), daemon=True)
     doomed.start()
-    _wait_for(ready, doomed)
-    old_token = int(ready.read_text())
-
-    os.kill(doomed.pid or 0, signal.SIGKILL)
-    doomed.join(timeout=10)
+    try:
+        _wait_for(ready, doomed)
+        old_token = int(ready.read_text())
+    finally:
+        os.kill(doomed.pid or 0, signal.SIGKILL)
+        doomed.join(timeout=10)
 
     assert repo.require(job.id).state == JobState.RUNNING  # a kill mid-publish rolled back, not done
     assert repo.reap() == []  # lease still valid on the real clock
@@ -75,7 +76,9 @@ def test_a_claimer_killed_with_sigkill_is_reaped_and_its_job_finished_by_another
     assert later.reap() == [job.id]
 
     report, marker = tmp_path / "report.json", str(tmp_path / "publishing")
-    finisher = SPAWN.Process(target=claim_until_empty, args=(url, "rescuer", str(report), marker))
+    finisher = SPAWN.Process(
+        target=claim_until_empty, args=(url, "rescuer", str(report), marker), daemon=True
+    )
     finisher.start()
     finisher.join(timeout=60)
     assert json.loads(report.read_text()) == {"published": [job.id], "errors": []}
