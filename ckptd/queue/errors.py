@@ -19,3 +19,9 @@ class SchemaError(CkptdError):
     """The database schema does not match this version of ckptd."""
 
     permanent = True
+
+
+class ConcurrentUpdateError(CkptdError):
+    """A job changed under a transaction that should have held it locked; safe to retry."""
+
+    permanent = False

@@ -13,16 +13,16 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from ckptd.queue import queries
 from ckptd.queue.backoff import DEFAULT_BASE_S, DEFAULT_CAP_S, Backoff
-from ckptd.queue.dialect import SNAPSHOT_COLUMNS, claim_candidate, insert_unless_exists
+from ckptd.queue.dialect import POSTGRESQL, SNAPSHOT_COLUMNS, claim_candidate, insert_unless_exists
 from ckptd.queue.engine import read_transaction, write_transaction
-from ckptd.queue.errors import JobNotFoundError
+from ckptd.queue.errors import InvalidTransitionError, JobNotFoundError
 from ckptd.queue.models import jobs
 from ckptd.queue.records import Claim, Job, JobEvent, Worker, job_from_row, one_line, to_json
-from ckptd.queue.states import INITIAL_STATE, JobState
+from ckptd.queue.states import INITIAL_STATE, RETRYABLE_STATES, TERMINAL_STATES, JobState
 from ckptd.queue.transitions import Snapshot, apply, owned_snapshot, read_snapshot, record_event
 from ckptd.queue.workers import Clock, WorkerRegistry
 
@@ -68,6 +68,21 @@ _EXPIRED_LEASES = (
     .where(jobs.c.state == JobState.RUNNING, jobs.c.lease_expires_at < bindparam("now"))
     .order_by(jobs.c.id)
 )
+# PostgreSQL: skip a job whose owner is finishing it right now (it holds the row lock); SQLite: see dialect.
+_EXPIRED_LEASES_LOCKING = _EXPIRED_LEASES.with_for_update(skip_locked=True)
+
+
+def _insert_new_job(connection: Connection, values: dict[str, Any], now: float) -> bool:
+    """Insert a queued job unless (source, output) exists; True when inserted."""
+    fresh = {"state": INITIAL_STATE, "attempts": 0, "fencing_token": 0, "created_at": now, "updated_at": now}
+    stmt = insert_unless_exists(connection.dialect.name, {**values, **fresh}, ("source", "output"))
+    new_id = connection.execute(stmt.returning(jobs.c.id)).scalar()
+    if new_id is None:
+        return False
+    record_event(
+        connection, job_id=new_id, event=Event.ENQUEUED, now=now, from_state=None, to_state=INITIAL_STATE
+    )
+    return True
 
 
 class JobRepository(WorkerRegistry):
@@ -112,29 +127,14 @@ class JobRepository(WorkerRegistry):
             "format": format,
             "watch_root": watch_root,
             "options": to_json(options),
-            "state": INITIAL_STATE,
             "priority": priority,
-            "attempts": 0,
             "max_attempts": max_attempts,
-            "fencing_token": 0,
-            "created_at": now,
-            "updated_at": now,
         }
         with write_transaction(self.engine) as connection:
-            stmt = insert_unless_exists(connection.dialect.name, values, ("source", "output"))
-            new_id = connection.execute(stmt.returning(jobs.c.id)).scalar()
-            if new_id is not None:
-                record_event(
-                    connection,
-                    job_id=new_id,
-                    event=Event.ENQUEUED,
-                    now=now,
-                    from_state=None,
-                    to_state=INITIAL_STATE,
-                )
+            created = _insert_new_job(connection, values, now)
             job = queries.get_job_by_target(connection, source, output)
         assert job is not None  # inserted or already there, inside this same transaction
-        return job, new_id is not None
+        return job, created
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -160,8 +160,6 @@ class JobRepository(WorkerRegistry):
                             "finished_at": None,
                             "not_before": None,
                         })  # fmt: skip
-        if row is None:  # PostgreSQL only: the row changed under us despite the lock; try again later
-            return None
         job = job_from_row(row)
         return Claim(job=job, token=job.fencing_token)
 
@@ -272,7 +270,8 @@ class JobRepository(WorkerRegistry):
         now = self._clock()
         reaped: list[int] = []
         with write_transaction(self.engine) as connection:
-            for row in connection.execute(_EXPIRED_LEASES, {"now": now}).mappings().all():
+            query = _EXPIRED_LEASES_LOCKING if connection.dialect.name == POSTGRESQL else _EXPIRED_LEASES
+            for row in connection.execute(query, {"now": now}).mappings().all():
                 snapshot = Snapshot.from_row(row)
                 expiries = queries.count_events(connection, snapshot.job_id, Event.LEASE_EXPIRED) + 1
                 message = f"lease expired {expiries} times (worker died?)"
@@ -281,49 +280,50 @@ class JobRepository(WorkerRegistry):
                 if gives_up:
                     values["finished_at"] = now
                 target = JobState.DEAD if gives_up else JobState.QUEUED
-                moved = apply(connection, snapshot, target, event=Event.LEASE_EXPIRED, now=now,
-                              message=message, values=values)  # fmt: skip
-                if moved is not None:
-                    reaped.append(snapshot.job_id)
+                apply(connection, snapshot, target, event=Event.LEASE_EXPIRED, now=now,
+                      message=message, values=values)  # fmt: skip
+                reaped.append(snapshot.job_id)
         return reaped
 
     # -- operators ---------------------------------------------------------------------------------
 
     def retry(self, job_id: int) -> Job:
         """Run a dead, failed, cancelled or done job again from scratch (attempts reset)."""
-        return self._operator_move(
-            job_id,
-            JobState.QUEUED,
-            Event.RETRIED,
-            {
-                "attempts": 0,
-                "not_before": None,
-                "last_error": None,
-                "finished_at": None,
-                "worker_id": None,
-            },
-        )
+        values = {
+            "attempts": 0,
+            "not_before": None,
+            "last_error": None,
+            "finished_at": None,
+            "worker_id": None,
+        }
+        return self._operator_move(job_id, JobState.QUEUED, Event.RETRIED, values, only_from=RETRYABLE_STATES)
 
     def cancel(self, job_id: int) -> Job:
-        """Stop a job; a worker running it sees its next heartbeat return False."""
-        now = self._clock()
+        """Stop a queued, failed, waiting or running job; a worker running it sees its heartbeat fail."""
         return self._operator_move(
-            job_id,
-            JobState.CANCELLED,
-            Event.CANCELLED,
-            {
-                **_NOT_RUNNING,
-                "not_before": None,
-                "finished_at": now,
-            },
+            job_id, JobState.CANCELLED, Event.CANCELLED, {**_NOT_RUNNING, "not_before": None}
         )
 
-    def _operator_move(self, job_id: int, target: JobState, event: Event, values: dict[str, Any]) -> Job:
+    def _operator_move(
+        self,
+        job_id: int,
+        target: JobState,
+        event: Event,
+        values: dict[str, Any],
+        *,
+        only_from: frozenset[JobState] | None = None,
+    ) -> Job:
         now = self._clock()
         with write_transaction(self.engine) as connection:
             snapshot = read_snapshot(connection, job_id)
+            if only_from is not None and snapshot.state not in only_from:
+                allowed = ", ".join(sorted(only_from))
+                raise InvalidTransitionError(
+                    f"job {job_id} is {snapshot.state}; only {allowed} jobs can be {event}"
+                )
+            if target in TERMINAL_STATES:
+                values = {**values, "finished_at": now}
             row = apply(connection, snapshot, target, event=event, now=now, values=values)
-        assert row is not None  # the write lock has been held since the snapshot was read
         return job_from_row(row)
 
     # -- reads ---------------------------------------------------------------------------------------

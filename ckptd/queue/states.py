@@ -41,6 +41,8 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 # Claimed in one query: queued at once, failed/waiting once their ``not_before`` has passed.
 CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.FAILED, JobState.WAITING})
 TERMINAL_STATES = frozenset({JobState.DONE, JobState.DEAD, JobState.CANCELLED})
+# What an operator's retry may revive; a running job must be cancelled first.
+RETRYABLE_STATES = frozenset({JobState.DONE, JobState.DEAD, JobState.CANCELLED, JobState.FAILED})
 
 
 def is_allowed(current: JobState, target: JobState) -> bool:

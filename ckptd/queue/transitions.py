@@ -14,12 +14,13 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, bindparam, insert, select, update
 
 from ckptd.errors import LeaseLostError
-from ckptd.queue.dialect import SNAPSHOT_COLUMNS
-from ckptd.queue.errors import JobNotFoundError
+from ckptd.queue.dialect import POSTGRESQL, SNAPSHOT_COLUMNS
+from ckptd.queue.errors import ConcurrentUpdateError, JobNotFoundError
 from ckptd.queue.models import job_events, jobs
 from ckptd.queue.states import JobState, check_transition
 
 _SNAPSHOT_BY_ID = select(*SNAPSHOT_COLUMNS).where(jobs.c.id == bindparam("job_id"))
+_SNAPSHOT_BY_ID_LOCKING = _SNAPSHOT_BY_ID.with_for_update()
 _JOB_BY_ID = select(*jobs.c).where(jobs.c.id == bindparam("job_id"))
 # SET columns come from the execute() parameters; the expected_* ones only guard the WHERE.
 _TRANSITION = update(jobs).where(
@@ -54,8 +55,15 @@ class Snapshot:
         )
 
 
+def _select_snapshot(connection: Connection, job_id: int) -> RowMapping | None:
+    # PostgreSQL: lock the row until commit, so nothing changes it between this read and the UPDATE
+    # (nor during publish_and_finish's rename). SQLite: BEGIN IMMEDIATE already locked the database.
+    query = _SNAPSHOT_BY_ID_LOCKING if connection.dialect.name == POSTGRESQL else _SNAPSHOT_BY_ID
+    return connection.execute(query, {"job_id": job_id}).mappings().first()
+
+
 def read_snapshot(connection: Connection, job_id: int) -> Snapshot:
-    row = connection.execute(_SNAPSHOT_BY_ID, {"job_id": job_id}).mappings().first()
+    row = _select_snapshot(connection, job_id)
     if row is None:
         raise JobNotFoundError(f"job {job_id} does not exist; `ckptd status` lists the jobs")
     return Snapshot.from_row(row)
@@ -63,7 +71,7 @@ def read_snapshot(connection: Connection, job_id: int) -> Snapshot:
 
 def owned_snapshot(connection: Connection, job_id: int, token: int) -> Snapshot:
     """The running job that ``token`` still owns; :class:`LeaseLostError` if it was taken away."""
-    row = connection.execute(_SNAPSHOT_BY_ID, {"job_id": job_id}).mappings().first()
+    row = _select_snapshot(connection, job_id)
     if row is None:
         raise LeaseLostError(f"job {job_id}: lease lost (the job no longer exists)")
     snapshot = Snapshot.from_row(row)
@@ -85,8 +93,12 @@ def apply(
     values: Mapping[str, Any] | None = None,
     worker_id: str | None = None,
     message: str | None = None,
-) -> RowMapping | None:
-    """Move the job from ``snapshot.state`` to ``target``; None if it changed since it was read."""
+) -> RowMapping:
+    """Move the job from ``snapshot.state`` to ``target`` and log it; returns the updated row.
+
+    Callers read ``snapshot`` in this transaction under a lock (SQLite's write lock, PostgreSQL's row
+    lock), so the conditional UPDATE always matches; if it ever does not, nothing is written.
+    """
     check_transition(snapshot.state, target)
     params = {
         **(values or {}),
@@ -97,17 +109,21 @@ def apply(
         "expected_token": snapshot.fencing_token,
     }
     row = _update_job(connection, params, snapshot.job_id)
-    if row is not None:
-        record_event(
-            connection,
-            job_id=snapshot.job_id,
-            event=event,
-            now=now,
-            from_state=snapshot.state,
-            to_state=target,
-            worker_id=worker_id if worker_id is not None else snapshot.worker_id,
-            message=message,
+    if row is None:
+        raise ConcurrentUpdateError(
+            f"job {snapshot.job_id} changed while this transaction held it ({snapshot.state} ->"
+            f" {target} not applied); retry the operation"
         )
+    record_event(
+        connection,
+        job_id=snapshot.job_id,
+        event=event,
+        now=now,
+        from_state=snapshot.state,
+        to_state=target,
+        worker_id=worker_id if worker_id is not None else snapshot.worker_id,
+        message=message,
+    )
     return row
 
 

@@ -250,6 +250,8 @@ def test_cancel_a_running_job_makes_its_heartbeat_fail(tmp_path: Path) -> None:
     cancelled = repo.cancel(job.id)
 
     assert cancelled.state == JobState.CANCELLED
+    assert cancelled.finished_at is not None and cancelled.lease_expires_at is None
+    assert repo.events(job.id)[-1].event == "cancelled"
     assert repo.heartbeat(job.id, claim.token, LEASE_S) is False
     assert repo.claim("w", LEASE_S) is None
     with pytest.raises(InvalidTransitionError):
@@ -273,10 +275,15 @@ def test_retry_revives_dead_cancelled_and_done_jobs_with_attempts_reset(tmp_path
         assert (revived.state, revived.attempts, revived.last_error) == (JobState.QUEUED, 0, None)
     with pytest.raises(InvalidTransitionError):
         repo.retry(queued.id)
+    running = repo.claim("w", LEASE_S)
+    assert running is not None
+    with pytest.raises(InvalidTransitionError, match="is running; only cancelled, dead, done, failed jobs"):
+        repo.retry(running.job.id)
+    repo.release(running.job.id, running.token, "test")
     with pytest.raises(JobNotFoundError):
         repo.retry(999)
     claim = repo.claim("w", LEASE_S)
-    assert claim is not None and claim.job.id == dead.id and claim.token == 2  # tokens never go back
+    assert claim is not None and claim.job.id == dead.id and claim.token == 3  # tokens never go back
 
 
 def test_every_state_change_is_an_event_row(tmp_path: Path) -> None:
