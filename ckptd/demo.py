@@ -12,7 +12,15 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ckptd.config import Config, DatabaseConfig, QueueConfig, ScanConfig, WatchConfig, WorkersConfig
+from ckptd.config import (
+    Config,
+    DatabaseConfig,
+    LogConfig,
+    QueueConfig,
+    ScanConfig,
+    WatchConfig,
+    WorkersConfig,
+)
 from ckptd.demo_model import build_base_model, trained_state, write_fsdp_step
 
 DEMO_STEPS = (10, 20)
@@ -26,6 +34,7 @@ def demo_config(root: Path) -> Config:
         scan=ScanConfig(interval=2.0, mode="auto", settle_seconds=0.5),
         workers=WorkersConfig(count=2, lease_seconds=30.0, heartbeat_seconds=5.0, poll_seconds=0.5),
         queue=QueueConfig(reap_interval=5.0),
+        log=LogConfig(format="console"),
     )
 
 
@@ -52,7 +61,9 @@ def _all_done(expected: int, deadline: float) -> Any:
 
 def _check_logits(output: Path, state: dict[str, torch.Tensor]) -> float:
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     converted = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32).eval()
     reference = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(output), dtype=torch.float32)
     reference.load_state_dict({k: v.float() for k, v in state.items()})

@@ -30,16 +30,16 @@ def make_tokenizer(vocab_size: int) -> Any:
     return tokenizer
 
 
-def build_base_model(directory: Path, *, seed: int = 0) -> Any:
-    """Save a tiny tied-embedding Qwen2 (config, bf16 weights, tokenizer) and return the model."""
+def build_base_model(directory: Path, *, seed: int = 0, hidden: int = 64, layers: int = 4) -> Any:
+    """Save a small tied-embedding Qwen2 (config, bf16 weights, tokenizer) and return the model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(
         "qwen2",
         vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Any, TextIO
 
 import structlog
@@ -46,3 +47,5 @@ def configure_logging(
     logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG, stream=stream)
     for noisy in ("transformers", "torch", "watchdog", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+    # We read DCP checkpoints without a process group on purpose (formats.md §2.3).
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
