@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +90,30 @@ def test_claim_query_walks_the_partial_index(tmp_path: Path) -> None:
         sql = str(query.compile(connection, compile_kwargs={"literal_binds": True}))
         plan = " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
     assert "USING INDEX ix_jobs_claim_order" in plan
+
+
+def test_migrations_are_found_in_an_installed_layout(tmp_path: Path) -> None:
+    # What a wheel holds: the package, with migrations/ mapped to ckptd/_migrations (pyproject package-dir).
+    repo = Path(__file__).resolve().parents[2]
+    site = tmp_path / "site-packages"
+    shutil.copytree(repo / "ckptd", site / "ckptd", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        repo / "migrations", site / "ckptd" / "_migrations", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    script = (
+        "import sys, ckptd.queue.engine as e, ckptd.queue.schema as s;"
+        f"engine = e.make_engine('sqlite:///{tmp_path / 'db.sqlite'}'); e.upgrade(engine);"
+        "print(s.migrations_dir(), e.current_revision(engine))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert completed.stdout.split() == [str(site / "ckptd" / "_migrations"), head_revision()]
 
 
 def _schema(db: Path) -> list[tuple[str, str]]:

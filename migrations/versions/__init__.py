@@ -1,0 +1,1 @@
+"""Alembic revisions; alembic loads these files itself."""
