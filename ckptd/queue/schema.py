@@ -47,7 +47,9 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None for an empty database."""
-    with engine.connect() as connection:
+    from ckptd.queue.engine import read_transaction  # engine re-exports this module's API
+
+    with read_transaction(engine) as connection:
         return _revision_of(connection)
 
 
