@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _codecs
 import collections
+import threading
 import typing
 import zipfile
 from collections.abc import Callable
@@ -77,6 +78,9 @@ class Stub:
 
 
 _STUB_CLASSES: dict[str, type[Stub]] = {}
+# torch.serialization.safe_globals swaps process-wide state on enter/exit: concurrent loads from
+# several threads would see each other's allowlists vanish. Loads are mmapped, so this lock is cheap.
+_LOAD_LOCK = threading.Lock()
 
 
 def stub_class(full_name: str) -> type[Stub]:
@@ -125,16 +129,18 @@ def safe_load(path: Path, *, mmap: bool = True) -> Any:
     """Load a torch.save file on CPU with weights_only=True; tensors stay mmapped when ``mmap``."""
     if not path.is_file():
         raise ConversionError(f"{path}: not found")
-    entries = allowlist_for(_unsafe_globals(path), path)
-    try:
-        with torch.serialization.safe_globals(entries):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except UnsafePickleError:
-        raise
-    except Exception as exc:  # torch raises many types for bad files
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise UnsafePickleError(f"{path}: refused by the weights_only loader ({_short(exc)})") from None
-        raise ConversionError(f"{path}: corrupt or unreadable torch file ({_short(exc)})") from None
+    found = _unsafe_globals(path)
+    with _LOAD_LOCK:
+        entries = allowlist_for(found, path)
+        try:
+            with torch.serialization.safe_globals(entries):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:  # torch raises many types for bad files
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                raise UnsafePickleError(
+                    f"{path}: refused by the weights_only loader ({_short(exc)})"
+                ) from None
+            raise ConversionError(f"{path}: corrupt or unreadable torch file ({_short(exc)})") from None
 
 
 def _plain_stub(obj: Stub, convert: Callable[[Any], Any]) -> Any:

@@ -421,13 +421,16 @@ def _file_extras(layout: MegatronLayout) -> dict[str, Any]:
     return extras
 
 
-def save_megatron(base_dir: Path, step_dir: Path, layout: MegatronLayout) -> Path:
-    """Shard ``base_dir``'s weights into ``<step_dir>/actor`` like Megatron's legacy save; returns actor/."""
+def save_megatron(
+    base_dir: Path, step_dir: Path, layout: MegatronLayout, hf: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Shard ``base_dir``'s weights (or ``hf``, in HF file names) into ``<step_dir>/actor`` like
+    Megatron's legacy save; returns the actor dir."""
     import json
 
     config = json.loads((base_dir / "config.json").read_text())
     d = _dims(config)
-    hf = file_state(base_dir)
+    hf = file_state(base_dir) if hf is None else hf
     order = chunk_order(layout, d.layers)
     values = _args_dict(layout, d, config)
     args = {"namespace": _namespace_args, "omegaconf": _omegaconf_args}.get(layout.args)

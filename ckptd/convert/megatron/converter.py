@@ -7,7 +7,6 @@ at a time from the rank files it needs, then drops them so memory stays bounded 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ _SHARD_MEMORY_FACTOR = 3
 @dataclass
 class Job:
     located: reader.Located
+    files: reader.RankFiles
     base_dir: Path
     base_config: dict[str, Any]
     arch: Architecture
@@ -84,17 +84,10 @@ def _resolved_config(base_dir: Path) -> dict[str, Any]:
     return resolved
 
 
-def _scan(located: reader.Located) -> tuple[dict[str, Any], Index]:
+def _scan(located: reader.Located, files: reader.RankFiles) -> tuple[dict[str, Any], Index]:
     """Args from the first rank file, and every file's tensor names/shapes (no tensor data read)."""
-    args: dict[str, Any] = {}
-    index: dict[str, Any] = {}
-    for folder in located.folders:
-        state = reader.load_rank(located.iter_dir, folder)
-        if not args:
-            args = reader.read_args(state)
-        index[folder] = reader.tensor_index(reader.model_chunks(state, located.iter_dir / folder))
-        del state
-    return args, index
+    index = {folder: reader.tensor_index(files.chunks(folder)) for folder in located.folders}
+    return files.args(located.folders[0]), index
 
 
 def _extra_state_warnings(index: Index) -> list[str]:
@@ -146,7 +139,8 @@ def prepare(source: SourceInfo, request: ConvertRequest, memory_budget: int | No
     base_config = hfdir.load_config(base_dir)
     arch = architecture_for(base_config.get("model_type"))
     dims = dims_from_config(_resolved_config(base_dir))
-    args, index = _scan(located)
+    files = reader.RankFiles(located.iter_dir)
+    args, index = _scan(located, files)
     found = _infer_layout(located, args, index, dims)
     items = build_items(arch, found, index, dims)
     target = dtypes.resolve_target(request.dtype, base_config)
@@ -164,6 +158,7 @@ def prepare(source: SourceInfo, request: ConvertRequest, memory_budget: int | No
     ]
     return Job(
         located=located,
+        files=files,
         base_dir=base_dir,
         base_config=base_config,
         arch=arch,
@@ -181,30 +176,31 @@ def prepare(source: SourceInfo, request: ConvertRequest, memory_budget: int | No
 
 
 def produce(job: Job, shard: ShardPlan) -> dict[str, torch.Tensor]:
-    """Read this shard's pieces from the rank files (each file opened once, mmapped) and merge them."""
-    items = job.by_file[shard.filename]
-    folders = sorted({p.folder for item in items for p in (*item.pieces, *item.same_as)})
-    iter_dir = job.located.iter_dir
-    states = {f: reader.model_chunks(reader.load_rank(iter_dir, f), iter_dir / f) for f in folders}
+    """Merge this shard's pieces from the shared mmapped rank files, letting each item's pages go."""
     out: dict[str, torch.Tensor] = {}
-    for item in items:
-        pieces = [_tensor(states, p.folder, p.chunk, p.key) for p in item.pieces]
-        for mine, copy in zip(pieces, item.same_as, strict=False):
-            if not torch.equal(mine, _tensor(states, copy.folder, copy.chunk, copy.key)):
-                raise ConversionError(
-                    f"{iter_dir / copy.folder}: {copy.key} differs from the tied embedding; "
-                    "the model is not tied as config.json says"
-                )
+    for item in job.by_file[shard.filename]:
+        pieces = [_tensor(job.files, p) for p in item.pieces]
+        for mine, piece in zip(pieces, item.same_as, strict=False):
+            _check_tied_copy(job, mine, piece)
         out.update(zip(item.hf, merge(item.merge, pieces, job.dims), strict=True))
+        reader.release_pages(pieces)
     return out
 
 
-def _tensor(
-    states: Mapping[str, Mapping[str, Mapping[str, Any]]], folder: str, chunk: str, key: str
-) -> torch.Tensor:
-    value = states[folder][chunk][key]
+def _check_tied_copy(job: Job, embedding: torch.Tensor, piece: Piece) -> None:
+    copy = _tensor(job.files, piece)
+    if not torch.equal(embedding, copy):
+        raise ConversionError(
+            f"{job.located.iter_dir / piece.folder}: {piece.key} differs from the tied embedding; "
+            "the model is not tied as config.json says"
+        )
+    reader.release_pages([copy])
+
+
+def _tensor(files: reader.RankFiles, piece: Piece) -> torch.Tensor:
+    value = files.chunks(piece.folder)[piece.chunk].get(piece.key)
     if not isinstance(value, torch.Tensor):
-        raise ConversionError(f"{folder}[{chunk}] {key}: changed on disk since planning")
+        raise ConversionError(f"{piece.folder}[{piece.chunk}] {piece.key}: changed on disk since planning")
     return value
 
 
@@ -255,16 +251,16 @@ class MegatronConverter:
         job = prepare(source, request, self.memory_budget_bytes)
         writer = ShardedWriter(staging, job.shards)
         total = sum(s.nbytes for s in job.shards)
-        done = [sum(s.nbytes for s in job.shards if s.filename in set(writer.resumed))]
-        log.info(
-            "megatron.plan", layout=job.layout_json(), shards=len(job.shards), resumed=len(writer.resumed)
-        )
+        resumed = writer.resumed
+        done = [sum(s.nbytes for s in job.shards if s.filename in set(resumed))]
+        log.info("megatron.plan", layout=job.layout_json(), shards=len(job.shards), resumed=len(resumed))
 
         def one(shard: ShardPlan) -> dict[str, torch.Tensor]:
             hooks.check_alive()
             return produce(job, shard)
 
         def on_shard(record: Any) -> None:
+            reader.return_freed_memory()
             done[0] += record.tensor_bytes
             hooks.progress(done[0], total)
 
@@ -279,5 +275,5 @@ class MegatronConverter:
             bytes_read=job.bytes_read,
             layout=job.layout_json(),
             warnings=job.warnings,
-            extra={"resumed_shards": writer.resumed},
+            extra={"resumed_shards": resumed},
         )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import re
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,3 +106,53 @@ def tensor_index(chunks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
                 entries[key] = f"non-tensor {type(value).__name__}"
         index[chunk] = entries
     return index
+
+
+class RankFiles:
+    """Each rank file loaded once (mmapped) and shared by every shard; thread-safe."""
+
+    def __init__(self, iter_dir: Path) -> None:
+        self.iter_dir = iter_dir
+        self._chunks: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self._args: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def chunks(self, folder: str) -> dict[str, Mapping[str, Any]]:
+        with self._lock:
+            if folder not in self._chunks:
+                state = load_rank(self.iter_dir, folder)
+                if self._args is None:
+                    self._args = read_args(state)
+                self._chunks[folder] = model_chunks(state, self.iter_dir / folder)
+            return self._chunks[folder]
+
+    def args(self, folder: str) -> dict[str, Any]:
+        self.chunks(folder)
+        return self._args or {}
+
+
+_MADV_DONTNEED = 4
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def release_pages(tensors: Iterable[torch.Tensor]) -> None:
+    """Drop the pages of mmapped source tensors from this process's RSS once they are merged.
+
+    The mappings are private, read-only in practice and file-backed, so a later access simply
+    re-reads the file: memory stays bounded by the shards in flight, not by the checkpoint size.
+    """
+    if _LIBC is None:
+        return
+    page = mmap.PAGESIZE
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        start = -(-storage.data_ptr() // page) * page
+        end = (storage.data_ptr() + storage.nbytes()) // page * page
+        if end > start:
+            _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps freed tensors below its mmap threshold)."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)

@@ -1,0 +1,137 @@
+"""Megatron → HF conversion against the I/O floor, on a ~2 GB bf16 Qwen2-style model at TP2/PP2.
+
+For each model size: write the checkpoint, then (page cache dropped before each) time
+``cat`` of the rank files, ``cp -r`` of the actor folder, and ``ckptd convert``; all under
+``/usr/bin/time -v`` for wall time and peak RSS. Then the same model with twice the layers.
+
+    .venv/bin/python benchmarks/megatron_convert.py [--layers 20] [--scratch /tmp/ckptd-bench-mg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ckptd.models import architecture_for, dims_from_config, expected_shapes  # noqa: E402
+from tests.factories.megatron import MegatronLayout, save_megatron  # noqa: E402
+
+CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def make_checkpoint(root: Path, layers: int) -> tuple[Path, Path]:
+    config = {**CONFIG, "num_hidden_layers": layers}
+    base = root / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps(config, indent=2))
+    shapes = expected_shapes(architecture_for("qwen2"), dims_from_config(config))
+    generator = torch.Generator().manual_seed(0)
+    hf = {k: torch.empty(s, dtype=torch.bfloat16).normal_(generator=generator) for k, s in shapes.items()}
+    step = root / "run" / "checkpoints" / "global_step_100"
+    save_megatron(base, step, MegatronLayout(tp=2, pp=2, step=100), hf=hf)
+    return base, step
+
+
+def drop_caches(paths: list[Path]) -> None:
+    """Evict the inputs from the page cache (root: drop_caches; else fadvise DONTNEED per file)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return
+    except OSError:
+        pass
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def timed(command: str) -> tuple[float, int]:
+    """(wall seconds, peak RSS MiB) of a shell command under /usr/bin/time -v."""
+    result = subprocess.run(
+        ["/usr/bin/time", "-v", "bash", "-c", command], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{command!r} failed: {result.stderr[-2000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
+    assert wall and rss, result.stderr
+    hours, minutes, seconds = wall.groups()
+    return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds), int(rss.group(1)) // 1024
+
+
+def measure(root: Path, layers: int) -> list[tuple[str, float, int]]:
+    base, step = make_checkpoint(root, layers)
+    inputs = sorted(step.rglob("*.pt"))
+    size = sum(p.stat().st_size for p in inputs) / 1e9
+    ckptd = REPO / ".venv" / "bin" / "ckptd"
+    rows: list[tuple[str, float, int]] = []
+    drop_caches(inputs)
+    rows.append(
+        (f"cat rank files ({size:.2f} GB, cold)", *timed(f"cat {' '.join(map(str, inputs))} > /dev/null"))
+    )
+    drop_caches(inputs)
+    rows.append(("cp -r actor/ (cold)", *timed(f"cp -r {step / 'actor'} {root / 'copy'}")))
+    shutil.rmtree(root / "copy")
+    # Everything `ckptd convert` imports before it reads a byte: torch, both converters, transformers.
+    startup = (
+        f"{sys.executable} -c 'import ckptd.cli, ckptd.convert.pipeline as p, ckptd.convert.registry as r; "
+        "r.converters(); from transformers import AutoConfig, GenerationConfig'"
+    )
+    rows.append(("interpreter start-up (imports)", *timed(startup)))
+    drop_caches(inputs)
+    out = root / "out"
+    rows.append(
+        (
+            "ckptd convert (cold)",
+            *timed(f"{ckptd} convert {step} --out {out} --base-model {base} --dtype keep"),
+        )
+    )
+    manifest = json.loads((out / "ckptd.json").read_text())
+    written = manifest["tensor_bytes"] / 1e9
+    print(f"  {layers} layers: {len(manifest['shards'])} shards, {written:.2f} GB written", flush=True)
+    shutil.rmtree(root)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--layers", type=int, default=20)
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/ckptd-bench-mg"))
+    options = parser.parse_args()
+    shutil.rmtree(options.scratch, ignore_errors=True)
+    print("| model | step | wall s | peak RSS MiB |\n|---|---|---:|---:|")
+    for layers in (options.layers, 2 * options.layers):
+        for name, wall, rss in measure(options.scratch / f"L{layers}", layers):
+            print(f"| Qwen2-style {layers} layers TP2/PP2 | {name} | {wall:.2f} | {rss} |", flush=True)
+    shutil.rmtree(options.scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
