@@ -175,7 +175,11 @@ def dense_mlp() -> tuple[Rule, ...]:
 
 
 def moe_mlp(*, shared: bool = False) -> tuple[Rule, ...]:
-    rules = [
+    return (*routed_experts(), *(shared_expert() if shared else ()))
+
+
+def routed_experts() -> tuple[Rule, ...]:
+    return (
         Rule(
             ("pre_mlp_layernorm.weight",),
             ("post_attention_layernorm.weight",),
@@ -198,32 +202,36 @@ def moe_mlp(*, shared: bool = False) -> tuple[Rule, ...]:
             lambda d: ((d.hidden, d.moe_ffn),),
             "expert",
         ),
-    ]
-    if shared:
-        rules += [
-            Rule(
-                ("mlp.shared_experts.linear_fc1.weight",),
-                ("mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight"),
-                "glu",
-                lambda d: ((d.shared_ffn, d.hidden), (d.shared_ffn, d.hidden)),
-                "shared",
-            ),
-            Rule(
-                ("mlp.shared_experts.linear_fc2.weight",),
-                ("mlp.shared_expert.down_proj.weight",),
-                "row",
-                lambda d: ((d.hidden, d.shared_ffn),),
-                "shared",
-            ),
-            Rule(
-                ("mlp.shared_experts.gate_weight",),
-                ("mlp.shared_expert_gate.weight",),
-                "rep",
-                lambda d: ((1, d.hidden),),
-                "shared",
-            ),
-        ]
-    return tuple(rules)
+    )
+
+
+def shared_expert() -> tuple[Rule, ...]:
+    """Megatron's ``shared_experts`` (plural) as HF Qwen2-MoE's ``shared_expert`` plus its gate."""
+    return (
+        Rule(
+            ("mlp.shared_experts.linear_fc1.weight",),
+            ("mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight"),
+            "glu",
+            lambda d: ((d.shared_ffn, d.hidden), (d.shared_ffn, d.hidden)),
+            "shared",
+        ),
+        Rule(
+            ("mlp.shared_experts.linear_fc2.weight",),
+            ("mlp.shared_expert.down_proj.weight",),
+            "row",
+            lambda d: ((d.hidden, d.shared_ffn),),
+            "shared",
+        ),
+        # Only Megatron-Core 0.16+ (--moe-shared-expert-gate) writes this; without it the model is
+        # not an HF Qwen2-MoE, so a missing gate is an error rather than something to invent.
+        Rule(
+            ("mlp.shared_experts.gate_weight",),
+            ("mlp.shared_expert_gate.weight",),
+            "rep",
+            lambda d: ((1, d.hidden),),
+            "shared",
+        ),
+    )
 
 
 # Outside the decoder layers: (Megatron name, HF name, merge).

@@ -7,10 +7,7 @@ sharding code here is written independently of ckptd's merge rules (formats.md �
 
 from __future__ import annotations
 
-import argparse
 import enum
-import random
-import signal
 import sys
 import types
 from collections import OrderedDict
@@ -18,9 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
+
+from tests.factories.megatron_args import args_dict, file_extras, namespace_args, omegaconf_args
 
 _ENUMS: dict[str, dict[str, dict[str, Any]]] = {
     "megatron.core.enums": {"ModelType": {"encoder_or_decoder": 1, "retro_encoder": 2}},
@@ -319,108 +317,6 @@ def folder(tp: int, pp: int, ep: int, layout: MegatronLayout) -> str:
     return name + (f"_{ep:03d}" if layout.ep > 1 else "")
 
 
-def _args_dict(layout: MegatronLayout, d: _Dims, config: dict[str, Any]) -> dict[str, Any]:
-    rows = layout.padded_vocab or d.vocab
-    values: dict[str, Any] = {
-        "num_layers": d.layers,
-        "hidden_size": d.hidden,
-        "ffn_hidden_size": config["intermediate_size"],
-        "num_attention_heads": d.heads,
-        "num_query_groups": d.groups,
-        "group_query_attention": d.groups != d.heads,
-        "kv_channels": d.head_dim,
-        "tensor_model_parallel_size": layout.tp,
-        "pipeline_model_parallel_size": layout.pp,
-        "virtual_pipeline_model_parallel_size": layout.vpp if layout.vpp > 1 else None,
-        "expert_model_parallel_size": layout.ep,
-        "padded_vocab_size": rows,
-        "vocab_size": None,
-        "make_vocab_size_divisible_by": 128,
-        "untie_embeddings_and_output_weights": not d.tied,
-        "layernorm_epsilon": 1e-6,
-        "rank": 0,
-        "lr": 1e-5,
-        "decoder_first_pipeline_num_layers": None,
-        "decoder_last_pipeline_num_layers": None,
-    }
-    if d.moe:
-        values.update(
-            num_experts=d.experts,
-            moe_ffn_hidden_size=config["moe_intermediate_size"],
-            expert_tensor_parallel_size=layout.etp,
-            moe_grouped_gemm=layout.grouped_experts,
-        )
-    if layout.stages:
-        values["decoder_first_pipeline_num_layers"] = layout.stages[0]
-        values["decoder_last_pipeline_num_layers"] = layout.stages[-1]
-    return values
-
-
-def _namespace_args(values: dict[str, Any]) -> argparse.Namespace:
-    enums = megatron_enums()
-    return argparse.Namespace(
-        **values,
-        params_dtype=torch.bfloat16,
-        model_type=enums["ModelType"].encoder_or_decoder,
-        attention_backend=enums["AttnBackend"].auto,
-        exit_signal=signal.SIGTERM,
-    )
-
-
-def _omegaconf_args(values: dict[str, Any]) -> Any:
-    """RLinf's flavour (formats.md §3.1, §9): its YAML as a DictConfig, with its duplicate keys."""
-    from omegaconf import OmegaConf
-
-    rlinf = dict(values)
-    rlinf["share_embeddings_and_output_weights"] = not values["untie_embeddings_and_output_weights"]
-    rlinf["params_dtype"] = "${torch.dtype:bfloat16}"
-    rlinf["norm_epsilon"] = 1e-5
-    rlinf["num_layers_in_first_pipeline_stage"] = rlinf.pop("decoder_first_pipeline_num_layers")
-    rlinf["num_layers_in_last_pipeline_stage"] = rlinf.pop("decoder_last_pipeline_num_layers")
-    rlinf["decoder_first_pipeline_num_layers"] = None
-    rlinf["decoder_last_pipeline_num_layers"] = None
-    rlinf["pipeline_stages"] = [1, 2]
-    if "num_experts" in rlinf:
-        rlinf["num_moe_experts"] = rlinf["num_experts"]
-        rlinf["moe_grouped_gemm"] = "te" if rlinf["moe_grouped_gemm"] else None
-        if rlinf["expert_tensor_parallel_size"] == rlinf["tensor_model_parallel_size"]:
-            rlinf["expert_tensor_parallel_size"] = None
-    config = OmegaConf.create(rlinf)
-    config.model_type = megatron_enums()["ModelType"].encoder_or_decoder
-    return config
-
-
-def _file_extras(layout: MegatronLayout) -> dict[str, Any]:
-    enums = megatron_enums()
-    extras: dict[str, Any] = {
-        "checkpoint_version": 3.0,
-        "iteration": layout.step,
-        "optimizer": {
-            "optimizer": {"param_groups": [{"lr": 1e-5, "weight_decay": 0.0}]},
-            "grad_scaler": None,
-        },
-        "opt_param_scheduler": {"max_lr": 1e-5, "num_steps": layout.step},
-        "rng_state": [
-            {
-                "random_rng_state": random.Random(0).getstate(),
-                "np_rng_state": np.random.RandomState(0).get_state(),
-                "torch_rng_state": torch.get_rng_state(),
-                "rng_tracker_states": {},
-            }
-        ],
-        "num_floating_point_operations_so_far": 0,
-    }
-    if layout.args == "omegaconf":  # core 0.13 (RLinf's pin) always writes the rerun state
-        extras["rerun_state_machine"] = {
-            "mode": enums["RerunMode"].DISABLED,
-            "sharded": {
-                "state": enums["RerunState"].NOT_RUNNING_YET,
-                "error_injector_checkpoint": {"injected_error_type": enums["RerunDiagnostic"].CORRECT_RESULT},
-            },
-        }
-    return extras
-
-
 def save_megatron(
     base_dir: Path, step_dir: Path, layout: MegatronLayout, hf: dict[str, torch.Tensor] | None = None
 ) -> Path:
@@ -432,12 +328,12 @@ def save_megatron(
     d = _dims(config)
     hf = file_state(base_dir) if hf is None else hf
     order = chunk_order(layout, d.layers)
-    values = _args_dict(layout, d, config)
-    args = {"namespace": _namespace_args, "omegaconf": _omegaconf_args}.get(layout.args)
+    values = args_dict(layout, d, config)
+    args = {"namespace": namespace_args, "omegaconf": omegaconf_args}.get(layout.args)
     iter_dir = step_dir / "actor" / f"iter_{layout.step:07d}"
     for pp in range(layout.pp):
         for tp_rank, ep_rank in writers(layout, d.moe):
-            state: dict[str, Any] = {} if args is None else {"args": args(values), **_file_extras(layout)}
+            state: dict[str, Any] = {} if args is None else {"args": args(values), **file_extras(layout)}
             offset = 0
             for index, (stage, key, count) in enumerate(order):
                 if stage == pp:

@@ -14,7 +14,13 @@ import torch
 from ckptd.convert.api import ConvertRequest
 from ckptd.convert.megatron.converter import MegatronConverter
 from ckptd.convert.pipeline import convert_checkpoint
-from ckptd.errors import CkptdError, ConversionError, UnsafePickleError, UnsupportedArchitectureError
+from ckptd.errors import (
+    CkptdError,
+    ConversionError,
+    IncompleteCheckpointError,
+    UnsafePickleError,
+    UnsupportedArchitectureError,
+)
 from ckptd.verify.manifest import read_manifest
 from tests.factories.megatron import MegatronLayout, file_state, make_checkpoint, save_megatron
 
@@ -186,3 +192,22 @@ def test_probe_accepts_step_actor_and_iter_dirs(tmp_path: Path, where: str) -> N
     info = MegatronConverter().probe(path)
     assert info is not None and info.checkpoint_dir == step_dir / "actor" and info.step == 10
     assert MegatronConverter().probe(base) is None
+
+
+def test_missing_tracker_means_still_being_written(tmp_path: Path) -> None:
+    base, step_dir = make_checkpoint(tmp_path, "qwen2", MegatronLayout())
+    (step_dir / "actor" / "latest_checkpointed_iteration.txt").unlink()
+    _fails(tmp_path, base, step_dir, IncompleteCheckpointError, "latest_checkpointed_iteration.txt", "still")
+
+
+def test_tracker_naming_a_missing_iteration(tmp_path: Path) -> None:
+    base, step_dir = make_checkpoint(tmp_path, "qwen2", MegatronLayout())
+    (step_dir / "actor" / "latest_checkpointed_iteration.txt").write_text("20")
+    _fails(tmp_path, base, step_dir, ConversionError, "iteration 20", "iter_0000020")
+
+
+def test_qwen2_moe_without_shared_expert_gate(tmp_path: Path) -> None:
+    base, step_dir = make_checkpoint(tmp_path, "qwen2_moe", MegatronLayout())
+    path = tmp_path / RANK.format("mp_rank_00")
+    _rewrite(path, lambda state: state["model"].pop("decoder.layers.1.mlp.shared_experts.gate_weight"))
+    _fails(tmp_path, base, step_dir, ConversionError, "shared_experts.gate_weight", "before 0.16")

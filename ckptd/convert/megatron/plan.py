@@ -94,7 +94,10 @@ class Planner:
             if isinstance(self.meta(piece), tuple):
                 self.consumed.setdefault((pp, key), set()).add(name)
                 return piece
-        raise ConversionError(f"{folder}[{key}]: missing tensor {' or '.join(names)}")
+        hint = ""
+        if names[0].endswith("shared_experts.gate_weight"):
+            hint = " (Megatron-Core before 0.16 saves no shared-expert gate; HF Qwen2-MoE needs one)"
+        raise ConversionError(f"{folder}[{key}]: missing tensor {' or '.join(names)}{hint}")
 
     def item(self, hf: Sequence[str], shapes: Sequence[Shape], merge: Merge, pieces: list[Piece]) -> Item:
         expected = piece_shape(merge, shapes, len(pieces))
