@@ -122,6 +122,22 @@ def demo(
     raise typer.Exit(run_demo(keep))
 
 
+@app.command()
+def health(
+    config: ConfigOption = None,
+    max_age: Annotated[float, typer.Option(help="Seconds since the main loop's last tick.")] = 60.0,
+) -> None:
+    """Exit 0 when the DB is reachable, the watch roots are mounted and the main loop ticks."""
+    from ckptd.service.health import check_health
+
+    problems = check_health(_config(config), max_age)
+    for problem in problems:
+        err.print(f"unhealthy: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    Console().print("healthy")
+
+
 @jobs_app.command("show")
 def jobs_show(job_id: int, config: ConfigOption = None) -> None:
     """A job's fields and its event history."""

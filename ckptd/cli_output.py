@@ -43,7 +43,16 @@ def job_json(job: Job) -> dict[str, Any]:
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "hook": _hook(job),
     }
+
+
+def _hook(job: Job) -> dict[str, Any] | None:
+    """The post-conversion hook's outcome (an addition to design.md §4's schema), or None."""
+    hook = (job.result or {}).get("hook")
+    if not isinstance(hook, dict):
+        return None
+    return {key: hook.get(key) for key in ("ok", "summary", "exit_code", "timed_out", "output_tail")}
 
 
 def status_json(jobs: Iterable[Job]) -> dict[str, Any]:
@@ -65,6 +74,9 @@ def status_table(jobs: list[Job], counts: dict[str, int]) -> Table:
     for job in jobs:
         state = str(job.state)
         detail = job.last_error if state in ("failed", "dead", "waiting") and job.last_error else job.output
+        hook = _hook(job)
+        if hook is not None and not hook["ok"]:
+            detail = f"{detail}  [red]({hook['summary']})[/]"
         table.add_row(
             str(job.id),
             job.experiment,

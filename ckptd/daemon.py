@@ -22,6 +22,7 @@ from ckptd.config import Config, WatchConfig
 from ckptd.queue.engine import make_engine
 from ckptd.queue.repository import JobRepository
 from ckptd.queue.schema import upgrade
+from ckptd.service.metrics import CkptdCollector, DaemonGauges, serve_metrics
 from ckptd.service.notify import SystemdNotifier
 from ckptd.watch import CheckpointRef, Scanner, WakeupObserver, WatchMode
 from ckptd.worker.jobs import job_options
@@ -31,6 +32,7 @@ log = structlog.get_logger("ckptd.daemon")
 
 StopWhen = Callable[[JobRepository], bool]
 _MAX_SLEEP = 1.0
+_TICK_WRITE_SECONDS = 5.0
 
 
 @dataclass
@@ -59,7 +61,9 @@ class Daemon:
             backoff_base_s=config.queue.backoff_base,
             backoff_cap_s=config.queue.backoff_cap,
         )
-        self.last_scan_at = 0.0
+        self.gauges = DaemonGauges()
+        self._last_tick_write = 0.0
+        self._stop_metrics: Callable[[], None] | None = None
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -81,6 +85,7 @@ class Daemon:
         )
         self.observer.start()
         self.pool.start()
+        self._start_metrics()
         try:
             self.scan_and_enqueue()
             self.notifier.ready(self.status_line())
@@ -107,8 +112,20 @@ class Daemon:
                 break
             self.observer.wait(min(_MAX_SLEEP, max(0.0, next_scan - time.monotonic())))
 
+    def _start_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        roots = [w.output_root for w in self.config.watch]
+        self._stop_metrics = serve_metrics(listen, CkptdCollector(self.repo, roots, self.gauges))
+        log.info("metrics.listening", listen=listen)
+
     def _tick(self) -> None:
-        self.repo.worker_heartbeat(self.supervisor_id)
+        self.gauges.worker_restarts = self.pool.restarts
+        now = time.monotonic()
+        if now - self._last_tick_write >= _TICK_WRITE_SECONDS:  # `ckptd health` reads this row
+            self.repo.worker_heartbeat(self.supervisor_id)
+            self._last_tick_write = now
         self.notifier.status(self.status_line())
         self.notifier.watchdog()
 
@@ -125,7 +142,7 @@ class Daemon:
                 self._enqueue(watched.watch, ref)
             if result.recheck_in is not None:
                 recheck_in = min(recheck_in, result.recheck_in)
-        self.last_scan_at = time.time()
+        self.gauges.last_scan_at = time.time()
         return recheck_in
 
     def _enqueue(self, watch: WatchConfig, ref: CheckpointRef) -> None:
@@ -161,6 +178,8 @@ class Daemon:
         log.info("daemon.stopping", grace_s=self.config.workers.grace_seconds)
         self.observer.stop()
         self.pool.stop(self.config.workers.grace_seconds)
+        if self._stop_metrics is not None:
+            self._stop_metrics()
         self.repo.worker_stopped(self.supervisor_id)
         self.engine.dispose()
         log.info("daemon.stopped")

@@ -52,6 +52,8 @@ class Event(StrEnum):
     LEASE_EXPIRED = "lease_expired"
     CANCELLED = "cancelled"
     RETRIED = "retried"
+    HOOK_DONE = "hook_done"
+    HOOK_FAILED = "hook_failed"
 
 
 # Fields cleared whenever a job stops running, so a queued job never shows a stale lease.
@@ -331,6 +333,28 @@ class JobRepository(WorkerRegistry):
     def get(self, job_id: int) -> Job | None:
         with read_transaction(self.engine) as connection:
             return queries.get_job(connection, job_id)
+
+    def record_hook(self, job_id: int, hook: Mapping[str, Any]) -> None:
+        """Keep a post-conversion hook's outcome in the job's result; the conversion stays done."""
+        now = self._clock()
+        with write_transaction(self.engine) as connection:
+            job = queries.get_job(connection, job_id)
+            if job is None:
+                raise JobNotFoundError(f"job {job_id} does not exist")
+            result = {**(job.result or {}), "hook": dict(hook)}
+            connection.execute(
+                update(jobs).where(jobs.c.id == job_id).values(result=to_json(result), updated_at=now)
+            )
+            ok = bool(hook.get("ok"))
+            record_event(
+                connection,
+                job_id=job_id,
+                event=Event.HOOK_DONE if ok else Event.HOOK_FAILED,
+                now=now,
+                from_state=job.state,
+                to_state=job.state,
+                message=None if ok else one_line(str(hook.get("summary", "hook failed"))),
+            )
 
     def require(self, job_id: int) -> Job:
         job = self.get(job_id)

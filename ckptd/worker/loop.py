@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ckptd.config import Config
+from ckptd.convert.api import ConvertRequest
 from ckptd.convert.pipeline import convert_checkpoint
+from ckptd.convert.registry import detect
 from ckptd.errors import CkptdError, LeaseLostError
+from ckptd.service import diskguard
+from ckptd.service.hooks import run_hook
 from ckptd.verify.manifest import MANIFEST_NAME
 from ckptd.verify.publish import publish_dir
 from ckptd.worker.jobs import describe_os_error, request_for, summarize_manifest
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from ckptd.queue.repository import Claim, JobRepository
 
 log = structlog.get_logger("ckptd.worker")
+
+DISK_RECHECK_SECONDS = 60.0
 
 
 class ShutdownRequestedError(CkptdError):
@@ -132,10 +138,46 @@ class Worker:
             log.info("job.done", adopted=True, output=job.output)
             return
         request = request_for(job.source, job.output, job.options)
+        if self._short_of_disk(claim, request):
+            return
         result = convert_checkpoint(request, WorkerHooks(self.repo, claim, lease, self))
         log.info(
             "job.done", output=str(result.output), seconds=round(result.seconds, 3), tensors=result.tensors
         )
+        self._run_hook(claim, result.output)
+
+    def _short_of_disk(self, claim: Claim, request: ConvertRequest) -> bool:
+        """Hold the job (state waiting) when writing it would eat into the output disk's reserve."""
+        converter, source = detect(request.source)
+        needed = int(converter.plan(source, request).get("bytes_to_write") or 0)
+        free = diskguard.free_bytes(request.output)
+        reserve = self.config.disk.reserve_bytes
+        if diskguard.shortage(needed, free, reserve) == 0:
+            return False
+        reason = diskguard.describe(request.output, needed, free, reserve)
+        self.repo.hold(claim.job.id, claim.token, reason, time.time() + DISK_RECHECK_SECONDS)
+        log.warning("job.waiting_for_disk", needed=needed, free=free, reserve=reserve)
+        return True
+
+    def _run_hook(self, claim: Claim, output: Path) -> None:
+        job = claim.job
+        argv = list(job.options.get("on_done") or [])
+        if not argv:
+            return
+        fields = {
+            "job_id": job.id,
+            "output": output,
+            "source": job.source,
+            "experiment": job.experiment,
+            "step": job.step,
+            "format": job.format,
+        }
+        result = run_hook(argv, fields, float(job.options.get("hook_timeout") or 600.0))
+        self.repo.record_hook(job.id, result.as_dict())
+        if result.ok:
+            log.info("hook.done", seconds=round(result.seconds, 3))
+        else:
+            log.error("hook.failed", summary=result.summary(), output_tail=result.output_tail[-500:])
 
     def _fail(self, claim: Claim, message: str, *, permanent: bool) -> None:
         try:
