@@ -130,3 +130,17 @@ def test_batches_bound_source_bytes() -> None:
 def test_is_moe() -> None:
     assert is_moe({"num_experts": 8}) and is_moe({"num_local_experts": 4})
     assert not is_moe({"num_experts": 0}) and not is_moe({"hidden_size": 8})
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen2_tied", "qwen3", "qwen3_tied", "llama", "mistral"])
+def test_name_tables_agree_with_the_meta_model(kind: str, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    from ckptd.convert.fsdp.arch import load_architecture, meta_architecture
+    from ckptd.convert.hfdir import load_config
+    from tests.factories.tiny_hf import tiny_config
+
+    tiny_config(kind).save_pretrained(tmp_path)
+    fast = load_architecture(tmp_path, load_config(tmp_path))
+    meta = meta_architecture(tmp_path, AutoConfig.from_pretrained(tmp_path))
+    assert (fast.expected, fast.tied) == (meta.expected, meta.tied)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,16 +20,16 @@ from ckptd.convert.fsdp.dcp import DcpSource, TensorEntry
 from ckptd.convert.fsdp.fullpt import FullPtSource
 from ckptd.convert.fsdp.layout import FsdpFiles, locate, step_of
 from ckptd.convert.fsdp.plan import FsdpPlan, batches, build_plan
+from ckptd.convert.fsdp.stream import StreamingShardWriter
 from ckptd.convert.hfdir import load_config
-from ckptd.convert.writer import ShardedWriter, ShardPlan, ShardRecord
+from ckptd.convert.writer import ShardPlan, ShardRecord
 from ckptd.errors import ConversionError
 
 log = structlog.get_logger("ckptd.convert")
 
-# Source bytes read per dcp.load / mmap batch: bounds memory above the shard being assembled.
-BATCH_BYTES = 256 * 1024**2
-# Shards are written in parallel only while threads x shard stays this small (memory ≈ threads × shard).
-PARALLEL_BUDGET = 1024**3
+# Source bytes read per dcp.load / mmap batch. Shards are streamed, so memory is about three batches
+# (one being read, one queued, one being written) whatever the shard size.
+BATCH_BYTES = 128 * 1024**2
 
 
 class TensorSource(Protocol):
@@ -82,17 +83,15 @@ class _Context:
             keys |= {k for pair in self.plan.lora.values() for k in (pair.a_key, pair.b_key)}
         return sum(self.source.entries[key].nbytes for key in keys)
 
-    def produce(self, shard: ShardPlan) -> dict[str, torch.Tensor]:
+    def produce(self, shard: ShardPlan) -> Iterator[dict[str, torch.Tensor]]:
+        """The shard's tensors in plan order, one source batch (≤ BATCH_BYTES read) at a time."""
         names = [spec.name for spec in shard.tensors]
         keys = [self.plan.source_keys(name, self.merge) for name in names]
         sizes = {key: self.source.entries[key].nbytes for group in keys for key in group}
-        out: dict[str, torch.Tensor] = {}
         for group in batches(keys, sizes, BATCH_BYTES):
             loaded = self.source.load(sorted({key for index in group for key in keys[index]}))
-            for index in group:
-                out[names[index]] = self._finish(names[index], loaded)
+            yield {names[index]: self._finish(names[index], loaded) for index in group}
             del loaded
-        return out
 
     def _finish(self, name: str, loaded: dict[str, torch.Tensor]) -> torch.Tensor:
         spec = self.plan.tensors[name]
@@ -109,11 +108,6 @@ class _Context:
             a, b = loaded[spec.lora.a_key], loaded[spec.lora.b_key]
             tensor = lora.merge(tensor, a, b, self.settings.scale(rank))
         return tensor.to(spec.dtype)
-
-
-def _threads(plan: FsdpPlan, requested: int) -> int:
-    largest = max((shard.nbytes for shard in plan.shards), default=0)
-    return requested if largest * max(requested, 1) <= PARALLEL_BUDGET else 1
 
 
 class FsdpConverter:
@@ -146,7 +140,7 @@ class FsdpConverter:
     ) -> WeightsReport:
         started = time.monotonic()
         ctx = _Context(source, request)
-        writer = ShardedWriter(staging, ctx.plan.shards)
+        writer = StreamingShardWriter(staging, ctx.plan.shards)
         total = ctx.plan.bytes_out
         done = [sum(s.nbytes for s in ctx.plan.shards if s.filename in set(writer.resumed))]
         lock = threading.Lock()
@@ -159,7 +153,7 @@ class FsdpConverter:
             hooks.check_alive()
 
         hooks.check_alive()
-        writer.write_all(ctx.produce, threads=_threads(ctx.plan, request.threads), on_shard=on_shard)
+        writer.write_all_streaming(ctx.produce, on_shard=on_shard)
         records = writer.finish()
         adapter_dir = _write_adapter(ctx, staging, request) if not ctx.merge and ctx.plan.lora else None
         return _report(

@@ -9,6 +9,7 @@ unpickler that only admits the DCP metadata classes (formats.md §2.2, §2.7).
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,10 @@ class DcpSource:
             node[path[-1]] = tensor
             out[name] = tensor
         try:
-            dcp_load(skeleton, storage_reader=_SafeReader(self.directory, self.metadata), no_dist=True)
+            with warnings.catch_warnings():
+                # Loading without a process group is the point; torch warns that it assumes so.
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp_load(skeleton, storage_reader=_SafeReader(self.directory, self.metadata), no_dist=True)
         except (CheckpointException, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
             raise ConversionError(
                 f"{self.directory}: reading DCP tensors failed ({type(exc).__name__}: {_one_line(exc)})"

@@ -1,0 +1,163 @@
+"""Stream a shard to disk batch by batch instead of assembling it in memory first.
+
+The shard plan fixes every tensor's name, shape and dtype, so the safetensors header (and every data
+offset) is known before any tensor is read. Tensors are then written as their batch arrives, hashed
+on the way, while a background thread reads the next batch: memory stays at about two source
+batches whatever the shard size, and reading overlaps writing. Records, progress file, resume and
+index are the shared :class:`ShardedWriter`'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from ckptd.convert.writer import ShardedWriter, ShardPlan, ShardRecord, TensorSpec
+from ckptd.errors import ConversionError
+
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_DONE = object()
+_T = TypeVar("_T")
+
+
+def header_bytes(specs: Sequence[TensorSpec]) -> bytes:
+    """The safetensors header for ``specs`` laid out in order, with ``{"format": "pt"}`` metadata."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        if spec.dtype not in SAFETENSORS_DTYPES:
+            raise ConversionError(f"{spec.name}: dtype {spec.dtype} has no safetensors name")
+        end = offset + spec.nbytes
+        header[spec.name] = {
+            "dtype": SAFETENSORS_DTYPES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def tensor_bytes(spec: TensorSpec, tensor: torch.Tensor) -> memoryview:
+    if tuple(tensor.shape) != spec.shape:
+        raise ConversionError(f"{spec.name}: shape {tuple(tensor.shape)} differs from planned {spec.shape}")
+    flat = tensor.to(spec.dtype).contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().data
+
+
+def prefetch(batches: Iterator[_T]) -> Iterator[_T]:
+    """Produce the next batch in a thread while the caller writes the current one (one ahead)."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                slots.put(batch)
+            slots.put(_DONE)
+        except BaseException as exc:  # re-raised in the consumer
+            slots.put(exc)
+
+    worker = threading.Thread(target=run, name="ckptd-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := slots.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                slots.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+
+class StreamingShardWriter(ShardedWriter):
+    def write_stream(self, shard: ShardPlan, batches: Iterable[Mapping[str, torch.Tensor]]) -> ShardRecord:
+        """Write ``shard`` from batches that arrive in plan order (each tensor exactly once)."""
+        specs = list(shard.tensors)
+        final = self.staging / shard.filename
+        temp = self.staging / f".{shard.filename}.tmp"
+        digest = hashlib.sha256()
+        written = 0
+        with temp.open("wb") as handle:
+            head = header_bytes(specs)
+            handle.write(head)
+            digest.update(head)
+            for batch in batches:
+                for name, tensor in batch.items():
+                    if written >= len(specs) or specs[written].name != name:
+                        raise ConversionError(f"{shard.filename}: {name} arrived out of plan order")
+                    data = tensor_bytes(specs[written], tensor)
+                    handle.write(data)
+                    digest.update(data)
+                    written += 1
+            if written != len(specs):
+                raise ConversionError(f"{shard.filename}: {specs[written].name} never arrived")
+            handle.flush()
+            os.fsync(handle.fileno())
+        record = ShardRecord(
+            filename=shard.filename,
+            sha256=digest.hexdigest(),
+            file_bytes=temp.stat().st_size,
+            tensor_bytes=shard.nbytes,
+            tensors=tuple(spec.name for spec in specs),
+        )
+        temp.rename(final)
+        with self._lock:
+            self._records[shard.filename] = record
+            self._save_progress()
+        return record
+
+    def write_all_streaming(
+        self,
+        produce: Callable[[ShardPlan], Iterator[Mapping[str, torch.Tensor]]],
+        on_shard: Callable[[ShardRecord], None] | None = None,
+    ) -> None:
+        """Write every pending shard in order; reading runs one batch ahead, across shard ends too."""
+        pending = self.pending()
+
+        def tagged() -> Iterator[tuple[str, Mapping[str, torch.Tensor] | None]]:
+            for shard in pending:
+                for batch in produce(shard):
+                    yield shard.filename, batch
+                yield shard.filename, None  # end of this shard
+
+        stream = prefetch(tagged())
+        for shard in pending:
+            record = self.write_stream(shard, _until_end(stream))
+            if on_shard is not None:
+                on_shard(record)
+
+
+def _until_end(
+    stream: Iterator[tuple[str, Mapping[str, torch.Tensor] | None]],
+) -> Iterator[Mapping[str, torch.Tensor]]:
+    for _, batch in stream:
+        if batch is None:
+            return
+        yield batch
