@@ -211,3 +211,12 @@ def test_qwen2_moe_without_shared_expert_gate(tmp_path: Path) -> None:
     path = tmp_path / RANK.format("mp_rank_00")
     _rewrite(path, lambda state: state["model"].pop("decoder.layers.1.mlp.shared_experts.gate_weight"))
     _fails(tmp_path, base, step_dir, ConversionError, "shared_experts.gate_weight", "before 0.16")
+
+
+def test_rank_folders_beyond_the_stored_layout(tmp_path: Path) -> None:
+    base, step_dir = make_checkpoint(tmp_path, "qwen2", MegatronLayout(tp=2))
+    source = tmp_path / RANK.format("mp_rank_01")
+    stale = tmp_path / RANK.format("mp_rank_02")
+    stale.parent.mkdir()
+    shutil.copy(source, stale)
+    _fails(tmp_path, base, step_dir, ConversionError, "mp_rank_02", "tp=2")

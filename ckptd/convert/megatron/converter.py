@@ -106,6 +106,12 @@ def _extra_state_warnings(index: Index) -> list[str]:
 def _infer_layout(located: reader.Located, args: dict[str, Any], index: Index, dims: Dims) -> layout.Layout:
     sizes = layout.sizes_from(args, located.folders)
     files = layout.check_complete(sizes, set(located.folders), str(located.iter_dir))
+    unexpected = sorted(set(located.folders) - set(files.values()))
+    if unexpected:
+        raise ConversionError(
+            f"{located.iter_dir}: rank folder(s) {unexpected[:4]} do not belong to the layout the args "
+            f"describe (tp={sizes.tp} pp={sizes.pp} ep={sizes.ep}); stale files from another run?"
+        )
     stage_keys: dict[tuple[int, str], list[str]] = {}
     for pp in range(sizes.pp):
         first = min((ep, name) for (tp, p, ep), name in files.items() if tp == 0 and p == pp)[1]
