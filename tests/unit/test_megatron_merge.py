@@ -36,9 +36,11 @@ def test_glu_deinterleave_and_row_concat() -> None:
 
 def test_vocab_trim_and_pad() -> None:
     table = torch.randn(12, 6)
-    assert torch.equal(fit_vocab(table, 10), table[:10])
-    padded = fit_vocab(table[:7], 10)
-    assert padded.shape == (10, 6) and torch.equal(padded[:7], table[:7]) and not padded[7:].any()
+    trimmed = fit_vocab(list(table.chunk(4)), 10)
+    assert torch.equal(trimmed, table[:10]) and trimmed.untyped_storage().nbytes() == trimmed.nbytes
+    assert torch.equal(fit_vocab([table[:10]], 10), table[:10])
+    padded = fit_vocab(list(table[:8].chunk(2)), 10)
+    assert padded.shape == (10, 6) and torch.equal(padded[:8], table[:8]) and not padded[8:].any()
 
 
 def test_extra_state_kinds() -> None:

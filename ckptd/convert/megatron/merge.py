@@ -36,13 +36,19 @@ def split_glu(pieces: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(gates, dim=0), torch.cat(ups, dim=0)
 
 
-def fit_vocab(table: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Keep rows ``[0, vocab)``; append zero rows when the checkpoint holds fewer (formats.md §4.3)."""
-    rows = table.shape[0]
-    if rows >= vocab:
-        return table[:vocab]
-    pad = torch.zeros((vocab - rows, *table.shape[1:]), dtype=table.dtype)
-    return torch.cat([table, pad], dim=0)
+def fit_vocab(pieces: Sequence[torch.Tensor], vocab: int) -> torch.Tensor:
+    """Concat vocab-parallel pieces keeping rows ``[0, vocab)``; zero rows appended when the checkpoint
+    holds fewer (formats.md §4.3). Padding rows are never copied, so the result owns exact storage."""
+    kept: list[torch.Tensor] = []
+    rows = 0
+    for piece in pieces:
+        take = min(piece.shape[0], vocab - rows)
+        if take > 0:
+            kept.append(piece[:take])
+            rows += take
+    if rows < vocab:
+        kept.append(torch.zeros((vocab - rows, *pieces[0].shape[1:]), dtype=pieces[0].dtype))
+    return kept[0] if len(kept) == 1 and kept[0].shape[0] == pieces[0].shape[0] else torch.cat(kept, dim=0)
 
 
 def merge(kind: Merge, pieces: Sequence[torch.Tensor], dims: Dims) -> tuple[torch.Tensor, ...]:
@@ -54,7 +60,7 @@ def merge(kind: Merge, pieces: Sequence[torch.Tensor], dims: Dims) -> tuple[torc
     if kind == "col":
         return (_cat(pieces, 0),)
     if kind == "vocab":
-        return (fit_vocab(_cat(pieces, 0), dims.vocab),)
+        return (fit_vocab(pieces, dims.vocab),)
     if kind == "qkv":
         return split_qkv(_cat(pieces, 0), dims)
     if kind == "glu":
