@@ -183,6 +183,7 @@ def measure(root: Path, layers: int, full: bool) -> list[tuple[str, float, int]]
 
     def run(label: str, command: str, cleanup: list[Path]) -> None:
         drop_caches(inputs)
+        label = f"{label} [load {os.getloadavg()[0]:.1f}]"  # other work on the host skews wall times
         rows.append((label, *timed(command)))
         if (out / "ckptd.json").is_file():
             timings = json.loads((out / "ckptd.json").read_text())["timings_s"]

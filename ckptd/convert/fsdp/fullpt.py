@@ -1,7 +1,7 @@
 """Read ``model_state_dict/full_weights.pt`` (formats.md §2.1) memory-mapped, a batch at a time.
 
-Each batch maps the file afresh and drops the mapping when the batch is written, so the pages this
-process keeps resident stay bounded by one batch instead of growing to the whole file.
+Each batch maps the file afresh, copies its tensors out and drops the mapping, so the pages this
+process keeps resident stay bounded by a batch instead of growing to the whole file.
 """
 
 from __future__ import annotations
@@ -83,4 +83,6 @@ class FullPtSource:
         missing = [name for name in names if name not in tensors]
         if missing:
             raise ConversionError(f"{self.path}: changed while reading; {missing[0]} is gone")
-        return {name: tensors[name] for name in names}
+        # Copy out of the mapping here, in the prefetch thread: the disk reads then overlap the
+        # writing of the previous batch instead of happening as page faults inside the writer.
+        return {name: tensors[name].clone() for name in names}
