@@ -111,3 +111,11 @@ def test_trainer_config_naming_a_missing_path_is_reported(tmp_path: Path) -> Non
     request = ConvertRequest(source=actor, output=tmp_path / "out")
     with pytest.raises(ConfigError, match="/nowhere/model"):
         resolve_base_model(request, _info(actor))
+
+
+def test_megatron_torch_dist_iter_dir_is_not_claimed(tmp_path: Path) -> None:
+    iter_dir = tmp_path / "actor" / "iter_0000010"
+    iter_dir.mkdir(parents=True)
+    for name in (".metadata", "__0_0.distcp", "common.pt", "metadata.json"):
+        (iter_dir / name).write_bytes(b"x")
+    assert locate(iter_dir) is None

@@ -57,8 +57,16 @@ def _actor_of(source: Path) -> tuple[Path, Path | None]:
     return source, None
 
 
+def _is_megatron(directory: Path) -> bool:
+    """Megatron torch_dist iter dirs also hold .metadata + .distcp (formats.md §10): not ours."""
+    markers = ("latest_checkpointed_iteration.txt", "common.pt", "metadata.json")
+    return directory.name.startswith("iter_") or any((directory / m).exists() for m in markers)
+
+
 def locate(source: Path) -> FsdpFiles | None:
     """The FSDP files for SRC, or None when SRC is not an FSDP checkpoint at all."""
+    if source.is_dir() and _is_megatron(source):
+        return None
     if source.is_file():
         if source.suffix != ".pt":
             return None
