@@ -1,7 +1,8 @@
 """Legacy Megatron (TP/PP/VPP/EP ``mp_rank_*`` files) → HF safetensors in one streaming pass.
 
-Planning reads only pickles and tensor headers (rank files are mmapped); writing produces one shard
-at a time from the rank files it needs, then drops them so memory stays bounded by the shard size.
+Every rank file is loaded once, mmapped (planning reads only the pickles). Shards are cut by layer
+and produced by a bounded thread pool; each source tensor is read once, merged, and its pages are
+released right away, so memory follows the shards in flight, not the checkpoint size.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ log = structlog.get_logger("ckptd.convert")
 
 MEMORY_ENV = "CKPTD_CONVERT_MEMORY_MB"
 DEFAULT_MEMORY_MB = 512
-# A shard in flight costs about this many times its size: merged tensors, the cast/contiguous copy
-# the writer makes, and safetensors' serialisation buffer.
+# A shard in flight costs about this many times its size: the merged tensors, safetensors'
+# serialisation buffer, and the source pages of the item being merged.
 _SHARD_MEMORY_FACTOR = 3
 
 
