@@ -110,7 +110,12 @@ class Daemon:
             self._tick()
             if self.stop_when is not None and self.stop_when(self.repo):
                 break
-            self.observer.wait(min(_MAX_SLEEP, max(0.0, next_scan - time.monotonic())))
+            self.observer.wait(min(self._max_sleep(), max(0.0, next_scan - time.monotonic())))
+
+    def _max_sleep(self) -> float:
+        """Wake often enough that the watchdog (pinged at half WATCHDOG_USEC) is never late."""
+        interval = self.notifier.watchdog_interval
+        return _MAX_SLEEP if interval is None else min(_MAX_SLEEP, interval / 2)
 
     def _start_metrics(self) -> None:
         listen = self.config.metrics.listen
@@ -123,11 +128,15 @@ class Daemon:
     def _tick(self) -> None:
         self.gauges.worker_restarts = self.pool.restarts
         now = time.monotonic()
-        if now - self._last_tick_write >= _TICK_WRITE_SECONDS:  # `ckptd health` reads this row
+        ping = self.notifier.watchdog_due(now)
+        # `ckptd health` reads this row. A watchdog ping always follows a committed write in the same
+        # iteration, so a loop stuck on the database (write lock held elsewhere) stops the pings.
+        if ping or now - self._last_tick_write >= _TICK_WRITE_SECONDS:
             self.repo.worker_heartbeat(self.supervisor_id)
             self._last_tick_write = now
         self.notifier.status(self.status_line())
-        self.notifier.watchdog()
+        if ping:
+            self.notifier.watchdog(now)
 
     def _reap(self) -> None:
         for job_id in self.repo.reap():

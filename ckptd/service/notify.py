@@ -49,12 +49,16 @@ class SystemdNotifier:
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
 
+    def watchdog_due(self, now: float | None = None) -> bool:
+        if self.watchdog_interval is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - self._last_ping >= self.watchdog_interval
+
     def watchdog(self, now: float | None = None) -> None:
         """Ping when due; called from the main loop only, so a hung loop stops the pings."""
-        if self.watchdog_interval is None:
-            return
         now = time.monotonic() if now is None else now
-        if now - self._last_ping >= self.watchdog_interval:
+        if self.watchdog_due(now):
             self._last_ping = now
             self.send("WATCHDOG=1")
 
