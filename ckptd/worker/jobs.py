@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptd.config import WatchConfig, WorkersConfig
-from ckptd.convert.api import ConvertRequest
+
+if TYPE_CHECKING:  # ckptd.convert imports torch; the supervisor only needs job_options
+    from ckptd.convert.api import ConvertRequest
 
 
 def job_options(watch: WatchConfig, workers: WorkersConfig) -> dict[str, Any]:
@@ -25,6 +27,8 @@ def job_options(watch: WatchConfig, workers: WorkersConfig) -> dict[str, Any]:
 
 
 def request_for(source: str, output: str, options: dict[str, Any]) -> ConvertRequest:
+    from ckptd.convert.api import ConvertRequest
+
     def optional_path(key: str) -> Path | None:
         value = options.get(key)
         return Path(value) if value else None
