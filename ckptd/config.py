@@ -97,6 +97,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class DiskConfig:
     reserve_bytes: int = 10 * 1000**3
+    recheck_seconds: float = 60.0  # how long a job held for disk space waits before it is tried again
 
 
 @dataclass(frozen=True)

@@ -234,8 +234,13 @@ class JobRepository(WorkerRegistry):
         self._leave_running(job_id, token, JobState.QUEUED, Event.RELEASED, reason, not_before=None)
 
     def hold(self, job_id: int, token: int, reason: str, until: float) -> None:
-        """Park the job as waiting until ``until`` (e.g. the disk guard); not counted as an attempt."""
-        self._leave_running(job_id, token, JobState.WAITING, Event.HELD, reason, not_before=until)
+        """Park the job as waiting until ``until`` (e.g. the disk guard); not counted as an attempt.
+
+        The reason is also the job's ``last_error``, which is what `ckptd status` shows for a waiting job.
+        """
+        self._leave_running(
+            job_id, token, JobState.WAITING, Event.HELD, reason, not_before=until, error=one_line(reason)
+        )
 
     def _leave_running(
         self,
@@ -246,8 +251,10 @@ class JobRepository(WorkerRegistry):
         reason: str,
         *,
         not_before: float | None,
+        error: str | None = None,
     ) -> None:
         now = self._clock()
+        extra = {} if error is None else {"last_error": error}
         with write_transaction(self.engine) as connection:
             snapshot = owned_snapshot(connection, job_id, token)
             apply(
@@ -262,6 +269,7 @@ class JobRepository(WorkerRegistry):
                     "worker_id": None,
                     "not_before": not_before,
                     "attempts": snapshot.attempts - 1,
+                    **extra,
                 },
             )
 

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ckptd.worker")
 
-DISK_RECHECK_SECONDS = 60.0
-
 
 class ShutdownRequestedError(CkptdError):
     """The daemon is stopping and the grace period ran out: release the job for a later run."""
@@ -113,11 +111,12 @@ class Worker:
 
     def _run(self, claim: Claim) -> None:
         workers = self.config.workers
+        published: Path | None = None
         with LeaseKeeper(
             self.repo, claim.job.id, claim.token, workers.lease_seconds, workers.heartbeat_seconds
         ) as lease:
             try:
-                self._convert(claim, lease)
+                published = self._convert(claim, lease)
             except LeaseLostError as exc:
                 log.warning("job.lease_lost", error=str(exc))
             except ShutdownRequestedError as exc:
@@ -130,21 +129,26 @@ class Worker:
             except Exception as exc:
                 log.exception("job.crashed")
                 self._fail(claim, f"unexpected {type(exc).__name__}: {exc}", permanent=False)
+        # After the lease: the job is done, so its lease can no longer be extended (the keeper would
+        # report it lost while a long hook runs).
+        if published is not None:
+            self._run_hook(claim, published)
 
-    def _convert(self, claim: Claim, lease: LeaseKeeper) -> None:
+    def _convert(self, claim: Claim, lease: LeaseKeeper) -> Path | None:
+        """Convert and publish; the published output when the post-conversion hook should run."""
         job = claim.job
         if _already_published(job.source, job.output):
             self.repo.publish_and_finish(job.id, claim.token, lambda: None, {"adopted": True})
             log.info("job.done", adopted=True, output=job.output)
-            return
+            return None
         request = request_for(job.source, job.output, job.options)
         if self._short_of_disk(claim, request):
-            return
+            return None
         result = convert_checkpoint(request, WorkerHooks(self.repo, claim, lease, self))
         log.info(
             "job.done", output=str(result.output), seconds=round(result.seconds, 3), tensors=result.tensors
         )
-        self._run_hook(claim, result.output)
+        return result.output
 
     def _short_of_disk(self, claim: Claim, request: ConvertRequest) -> bool:
         """Hold the job (state waiting) when writing it would eat into the output disk's reserve."""
@@ -155,7 +159,8 @@ class Worker:
         if diskguard.shortage(needed, free, reserve) == 0:
             return False
         reason = diskguard.describe(request.output, needed, free, reserve)
-        self.repo.hold(claim.job.id, claim.token, reason, time.time() + DISK_RECHECK_SECONDS)
+        recheck = self.config.disk.recheck_seconds
+        self.repo.hold(claim.job.id, claim.token, reason, time.time() + recheck)
         log.warning("job.waiting_for_disk", needed=needed, free=free, reserve=reserve)
         return True
 
@@ -173,7 +178,10 @@ class Worker:
             "format": job.format,
         }
         result = run_hook(argv, fields, float(job.options.get("hook_timeout") or 600.0))
-        self.repo.record_hook(job.id, result.as_dict())
+        try:
+            self.repo.record_hook(job.id, result.as_dict())
+        except Exception:  # the conversion is done and published; a lost hook record must not kill us
+            log.exception("hook.record_failed", summary=result.summary())
         if result.ok:
             log.info("hook.done", seconds=round(result.seconds, 3))
         else:
