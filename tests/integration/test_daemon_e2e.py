@@ -253,5 +253,6 @@ def test_status_json_schema(tmp_path: Path) -> None:
         "created_at",
         "started_at",
         "finished_at",
+        "hook",
     ]
     assert job["state"] == "queued" and job["step"] == 3 and job["error"] is None
