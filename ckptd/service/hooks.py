@@ -41,7 +41,8 @@ def expand(argv: Sequence[str], fields: Mapping[str, object]) -> list[str]:
 
 
 def hook_environment(fields: Mapping[str, object]) -> dict[str, str]:
-    extra = {f"CKPTD_JOB_{key.upper()}": str(value) for key, value in fields.items()}
+    """CKPTD_JOB_OUTPUT, CKPTD_JOB_STEP, ...; the field ``job_id`` becomes CKPTD_JOB_ID."""
+    extra = {f"CKPTD_JOB_{key.upper().removeprefix('JOB_')}": str(value) for key, value in fields.items()}
     return {**os.environ, **extra}
 
 

@@ -25,7 +25,7 @@ HOOK_SCRIPT = """\
 output=$1 experiment=$2 marks=$3
 case "$experiment" in
   ok)   echo "$output|$CKPTD_JOB_OUTPUT|$CKPTD_JOB_EXPERIMENT|$CKPTD_JOB_STEP" \\
-          "$CKPTD_JOB_FORMAT|$CKPTD_JOB_JOB_ID" > "$marks/ok.txt"
+          "$CKPTD_JOB_FORMAT|$CKPTD_JOB_ID" > "$marks/ok.txt"
         ls "$output" > "$marks/ok-listing.txt"
         echo "evaluated $experiment" ;;
   fail) echo "eval crashed: CUDA error" >&2; exit 3 ;;

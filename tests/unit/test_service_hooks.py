@@ -55,7 +55,7 @@ def test_environment_carries_job_fields_and_keeps_the_daemon_environment() -> No
     env = hook_environment(FIELDS)
     assert env["CKPTD_JOB_OUTPUT"] == "/data/hf/exp/global_step_10"
     assert env["CKPTD_JOB_STEP"] == "10"
-    assert env["CKPTD_JOB_JOB_ID"] == "7"
+    assert env["CKPTD_JOB_ID"] == "7" and "CKPTD_JOB_JOB_ID" not in env
     assert env["PATH"] == os.environ["PATH"]
 
 
