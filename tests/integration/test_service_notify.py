@@ -34,6 +34,7 @@ class NotifyListener:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
         self.messages: list[tuple[float, list[str]]] = []
+        self.ready_wall_time: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -44,7 +45,10 @@ class NotifyListener:
                 data = self.sock.recv(4096)
             except TimeoutError:
                 continue
-            self.messages.append((time.monotonic(), data.decode().split("\n")))
+            fields = data.decode().split("\n")
+            if "READY=1" in fields and self.ready_wall_time is None:
+                self.ready_wall_time = time.time()
+            self.messages.append((time.monotonic(), fields))
 
     def times(self, field: str, since: float = 0.0, until: float = float("inf")) -> list[float]:
         return [at for at, fields in list(self.messages) if field in fields and since <= at <= until]
@@ -107,15 +111,17 @@ def test_ready_after_first_scan_watchdog_status_stopping_and_health(
     try:
         with DaemonProcess(site) as daemon:
             ready = wait_for(lambda: listener.first("READY=1"), 60, "READY=1")
-            # Checked the moment READY arrived: the step present at start-up is already queued.
-            assert [(j.step, str(j.state)) for j in site.jobs()] == [(10, "queued")]
+            # The step present at start-up was queued before READY=1 was sent.
+            jobs = site.jobs()
+            assert [(j.step, str(j.state)) for j in jobs] == [(10, "queued")]
+            assert listener.ready_wall_time is not None and jobs[0].created_at < listener.ready_wall_time
             assert listener.messages[0][1] == ready, "something was sent before READY=1"
             assert "STATUS=running=0, queued=1, failed=0, dead=0" in ready
-            started = time.monotonic()
-            time.sleep(2.5)
-            healthy = listener.times("WATCHDOG=1", since=started)
+            time.sleep(3.0)
+            healthy = listener.times("WATCHDOG=1")
             assert len(healthy) >= 4
-            assert max(gaps([started, *healthy])) < WATCHDOG_USEC / 1e6, "a watchdog ping was late"
+            # systemd's contract: never WATCHDOG_USEC without a ping (the daemon aims for half of it).
+            assert max(gaps(healthy)) < WATCHDOG_USEC / 1e6, "a watchdog ping was late"
             statuses = [
                 f for _, f in listener.messages if f == ["STATUS=running=0, queued=1, failed=0, dead=0"]
             ]
@@ -124,7 +130,7 @@ def test_ready_after_first_scan_watchdog_status_stopping_and_health(
             code, stdout, stderr = ckptd_health(site.config)
             assert (code, stdout) == (0, "healthy\n"), stderr
 
-            taken, released = hold_write_lock(site.db, 2.5)
+            taken, released = hold_write_lock(site.db, 3.0)
             assert listener.times("WATCHDOG=1", since=taken + 1.0, until=released) == [], (
                 "the watchdog was pinged while the main loop could not write"
             )
