@@ -186,8 +186,10 @@ def measure(root: Path, layers: int, full: bool) -> list[tuple[str, float, int]]
         label = f"{label} [load {os.getloadavg()[0]:.1f}]"  # other work on the host skews wall times
         rows.append((label, *timed(command)))
         if (out / "ckptd.json").is_file():
-            timings = json.loads((out / "ckptd.json").read_text())["timings_s"]
-            label = f"{label}; in-process {sum(timings.values()):.2f}s"
+            manifest = json.loads((out / "ckptd.json").read_text())
+            in_process = sum(manifest["timings_s"].values())
+            stream = manifest["extra"]["stream_seconds"]
+            label = f"{label}; in-process {in_process:.2f}s, of which read+write+hash {stream:.2f}s"
             rows[-1] = (label, *rows[-1][1:])
         for path in cleanup:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

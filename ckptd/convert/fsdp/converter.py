@@ -69,6 +69,7 @@ class _Context:
             where=where,
         )
         self.settings: lora.LoraSettings | None = None
+        self.stream_seconds = 0.0
         self.warnings = list(self.plan.warnings)
         if self.plan.lora:
             given = lora.read_adapter_config(request.lora_config) if request.lora_config else None
@@ -153,8 +154,10 @@ class FsdpConverter:
             hooks.check_alive()
 
         hooks.check_alive()
+        streaming = time.monotonic()
         writer.write_all_streaming(ctx.produce, on_shard=on_shard)
         records = writer.finish()
+        ctx.stream_seconds = time.monotonic() - streaming
         adapter_dir = _write_adapter(ctx, staging, request) if not ctx.merge and ctx.plan.lora else None
         return _report(
             ctx,
@@ -239,6 +242,7 @@ def _report(
             "tied_lm_head_dropped": ctx.plan.tied_head_dropped is not None,
             "lora": _lora_summary(ctx, request),
             "weights_seconds": round(seconds, 3),
+            "stream_seconds": round(ctx.stream_seconds, 3),  # read + write + hash + fsync only
             "readers_available": source.details.get("readers_available"),
         },
     )
