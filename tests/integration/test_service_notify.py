@@ -85,10 +85,22 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
+def supervisor_heartbeat(connection: sqlite3.Connection) -> float:
+    query = "SELECT max(heartbeat_at) FROM workers WHERE id LIKE 'supervisor-%' AND stopped_at IS NULL"
+    value: float = connection.execute(query).fetchone()[0]
+    return value
+
+
 def hold_write_lock(db: Path, seconds: float) -> tuple[float, float]:
-    """Take SQLite's write lock like a stuck writer would, hold it, release it; return when."""
+    """Take SQLite's write lock like a stuck writer would, hold it, release it; return when.
+
+    The lock is taken right after a supervisor heartbeat was committed, so a loop that wrote its
+    heartbeat only every few seconds (and pinged the watchdog in between) would keep pinging.
+    """
     connection = sqlite3.connect(db, isolation_level=None, timeout=10)
     try:
+        last = supervisor_heartbeat(connection)
+        wait_for(lambda: supervisor_heartbeat(connection) > last, 10, "a fresh heartbeat", interval=0.01)
         connection.execute("BEGIN IMMEDIATE")
         taken = time.monotonic()
         time.sleep(seconds)
