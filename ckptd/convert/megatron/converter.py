@@ -20,6 +20,7 @@ from ckptd.convert.api import ConvertHooks, ConvertRequest, SourceInfo, WeightsR
 from ckptd.convert.megatron import checks, layout, reader
 from ckptd.convert.megatron.merge import merge
 from ckptd.convert.megatron.plan import Index, Item, Piece, build_items, shard_items
+from ckptd.convert.megatron.stream import SHARD_MEMORY_FACTOR, write_shards
 from ckptd.convert.writer import ShardedWriter, ShardPlan
 from ckptd.errors import ConfigError, ConversionError
 from ckptd.models import Architecture, Dims, architecture_for, dims_from_config, expected_shapes
@@ -28,9 +29,6 @@ log = structlog.get_logger("ckptd.convert")
 
 MEMORY_ENV = "CKPTD_CONVERT_MEMORY_MB"
 DEFAULT_MEMORY_MB = 512
-# A shard in flight costs about this many times its size: the merged tensors, safetensors'
-# serialisation buffer, and the source pages of the item being merged.
-_SHARD_MEMORY_FACTOR = 3
 
 
 @dataclass
@@ -47,6 +45,7 @@ class Job:
     by_file: dict[str, list[Item]]
     bytes_read: int
     threads: int
+    memory_budget: int
     max_shard_bytes: int
     dtype_name: str
     warnings: list[str] = field(default_factory=list)
@@ -153,9 +152,8 @@ def prepare(source: SourceInfo, request: ConvertRequest, memory_budget: int | No
     target = dtypes.resolve_target(request.dtype, base_config)
     out_dtype = {name: dtypes.output_dtype(name, item.dtype, target) for item in items for name in item.hf}
     threads = max(1, min(request.threads, os.cpu_count() or 1))
-    shard_cap = min(
-        request.max_shard_bytes, _memory_budget(memory_budget) // (_SHARD_MEMORY_FACTOR * threads)
-    )
+    budget = _memory_budget(memory_budget)
+    shard_cap = min(request.max_shard_bytes, budget // (SHARD_MEMORY_FACTOR * threads))
     shards, by_file = shard_items(items, shard_cap, out_dtype)
     embed_rows = sum(_shape(index, p)[0] for p in items[0].pieces)
     warnings = [
@@ -176,6 +174,7 @@ def prepare(source: SourceInfo, request: ConvertRequest, memory_budget: int | No
         by_file=by_file,
         bytes_read=_source_bytes(items, index),
         threads=threads,
+        memory_budget=budget,
         max_shard_bytes=shard_cap,
         dtype_name=dtypes.config_name(dtypes.dominant_dtype(out_dtype)),
         warnings=warnings,
@@ -225,6 +224,7 @@ def describe(job: Job, source: SourceInfo) -> dict[str, Any]:
         "bytes_to_read": job.bytes_read,
         "bytes_to_write": sum(s.nbytes for s in job.shards),
         "threads": job.threads,
+        "memory_budget_bytes": job.memory_budget,
         "max_shard_bytes": job.max_shard_bytes,
         "shards": [
             {"file": s.filename, "tensors": len(s.tensors), "bytes": s.nbytes, "first": s.tensors[0].name}
@@ -271,7 +271,7 @@ class MegatronConverter:
             done[0] += record.tensor_bytes
             hooks.progress(done[0], total)
 
-        writer.write_all(one, threads=job.threads, on_shard=on_shard)
+        write_shards(writer, one, threads=job.threads, memory_budget=job.memory_budget, on_shard=on_shard)
         return WeightsReport(
             reader="megatron_legacy",
             base_config=job.base_config,
