@@ -31,7 +31,9 @@ CASES = {
         L(tp=2, pp=2, ep=2, etp=1, grouped_experts=False, args="omegaconf"),
     ),
     "qwen2_moe-tp2-ep2-etp2-local": ("qwen2_moe", L(tp=2, ep=2, etp=2, te=False)),
+    "qwen3_moe-dense-layers-pp2-ep2": ("qwen3_moe", L(pp=2, ep=2, etp=1)),
 }
+OVERRIDES = {"qwen3_moe-dense-layers-pp2-ep2": {"mlp_only_layers": [0, 3]}}
 
 
 def convert(base: Path, step_dir: Path, out: Path, **request: object) -> dict[str, object]:
@@ -43,7 +45,7 @@ def convert(base: Path, step_dir: Path, out: Path, **request: object) -> dict[st
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_round_trip_is_bit_exact_with_same_logits(tmp_path: Path, case: str) -> None:
     kind, layout = CASES[case]
-    base, step_dir = make_checkpoint(tmp_path, kind, layout)
+    base, step_dir = make_checkpoint(tmp_path, kind, layout, **OVERRIDES.get(case, {}))
     out = tmp_path / "hf"
     manifest = convert(base, step_dir, out)
     assert_same_weights(base, out)
