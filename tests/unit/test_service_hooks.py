@@ -94,8 +94,11 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert result.summary() == "hook timed out after 1s"
     leader, child = (int(pid) for pid in pids.read_text().split())
     assert leader != os.getpgid(0)
-    assert live_members(leader) == []
-    assert child not in live_members(leader)
+    # SIGKILL is delivered at once, but a dying process lingers a moment before it turns zombie.
+    deadline = time.monotonic() + 5
+    while live_members(leader) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert live_members(leader) == [], f"group {leader} outlived the timeout (child {child})"
 
 
 def test_a_missing_program_is_a_failed_hook_not_a_crash() -> None:
