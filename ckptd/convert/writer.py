@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from ckptd.convert.safetensors_stream import write_safetensors
 from ckptd.errors import ConversionError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -106,23 +106,18 @@ def _fsync_path(path: Path) -> None:
 def _prepare(
     spec_by_name: Mapping[str, TensorSpec], tensors: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Check names/shapes against the plan, cast, and give every tensor its own storage."""
+    """Check names/shapes against the plan and cast. Views and shared storage are fine: the stream
+    writer copies each tensor's own bytes, so tied or sliced tensors are never written twice or whole."""
     if set(tensors) != set(spec_by_name):
         missing = sorted(set(spec_by_name) - set(tensors))[:5]
         extra = sorted(set(tensors) - set(spec_by_name))[:5]
         raise ConversionError(f"shard content differs from its plan: missing {missing}, unexpected {extra}")
     out: dict[str, torch.Tensor] = {}
-    seen_storage: set[int] = set()
     for name, spec in spec_by_name.items():
         tensor = tensors[name]
         if tuple(tensor.shape) != spec.shape:
             raise ConversionError(f"{name}: shape {tuple(tensor.shape)} differs from planned {spec.shape}")
-        tensor = tensor.to(spec.dtype).contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in seen_storage or tensor.untyped_storage().nbytes() != tensor.nbytes:
-            tensor = tensor.clone()
-        seen_storage.add(tensor.untyped_storage().data_ptr())
-        out[name] = tensor
+        out[name] = tensor.to(device="cpu", dtype=spec.dtype).contiguous()
     return out
 
 
@@ -166,12 +161,12 @@ class ShardedWriter:
         prepared = _prepare({spec.name: spec for spec in shard.tensors}, tensors)
         final = self.staging / shard.filename
         temp = self.staging / f".{shard.filename}.tmp"
-        save_file(prepared, str(temp), metadata={"format": "pt"})
+        digest = write_safetensors(temp, prepared, {"format": "pt"})
         del prepared
         _fsync_path(temp)
         record = ShardRecord(
             filename=shard.filename,
-            sha256=sha256_file(temp),
+            sha256=digest,
             file_bytes=temp.stat().st_size,
             tensor_bytes=shard.nbytes,
             tensors=tuple(spec.name for spec in shard.tensors),

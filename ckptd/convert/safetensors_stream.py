@@ -1,0 +1,83 @@
+"""Write a .safetensors file tensor by tensor, hashing the bytes as they go out.
+
+Written by hand because ``safetensors.torch.save_file`` first builds the whole file as one ``bytes``
+object (one extra copy of the shard in memory) and gives no hash: reading every shard back for its
+sha256 cost more than serialising it. The format is small and fixed: an 8-byte little-endian header
+length, a JSON header (dtype, shape, data_offsets per tensor, plus ``__metadata__``) padded with
+spaces to 8 bytes, then the raw little-endian tensor bytes in header order. ``safetensors`` itself
+reads the result (verification opens every shard with ``safe_open``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.uint16: "U16",
+    torch.int32: "I32",
+    torch.uint32: "U32",
+    torch.int64: "I64",
+    torch.uint64: "U64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+_WRITE_CHUNK = 64 * 1024 * 1024
+
+
+def _header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    entries: dict[str, object] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        entries[name] = {
+            "dtype": DTYPE_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy (it must be contiguous and on the CPU)."""
+    flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    view: memoryview = flat.view(torch.uint8).numpy().data
+    return view
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """Write ``tensors`` (contiguous CPU tensors, each with its own storage) and return the file's sha256."""
+    if sys.byteorder != "little":
+        raise RuntimeError("safetensors files are little-endian; this host is not")
+    header = _header(tensors, metadata)
+    digest = hashlib.sha256()
+    with path.open("wb") as handle:
+        for piece in (struct.pack("<Q", len(header)), header):
+            handle.write(piece)
+            digest.update(piece)
+        for tensor in tensors.values():
+            data = _raw_bytes(tensor)
+            for start in range(0, len(data), _WRITE_CHUNK):
+                chunk = data[start : start + _WRITE_CHUNK]
+                handle.write(chunk)
+                digest.update(chunk)
+        handle.flush()
+    return digest.hexdigest()
