@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ckptd.convert.fsdp.arch import Architecture, is_moe
-from ckptd.convert.fsdp.dcp import TensorEntry
 from ckptd.convert.fsdp.keys import (
     drop_tied_head,
     map_keys,
@@ -19,6 +18,7 @@ from ckptd.convert.fsdp.keys import (
     vocab_rows_to_trim,
 )
 from ckptd.convert.fsdp.plan import batches, build_plan
+from ckptd.convert.fsdp.source import TensorEntry
 from ckptd.errors import ConversionError
 
 Q = "model.layers.0.self_attn.q_proj"

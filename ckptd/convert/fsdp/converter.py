@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import torch
@@ -16,10 +16,10 @@ from ckptd.convert.api import ConvertHooks, ConvertRequest, SourceInfo, WeightsR
 from ckptd.convert.base_model import find_trainer_config, resolve_base_model
 from ckptd.convert.dtypes import config_name, dominant_dtype, resolve_target
 from ckptd.convert.fsdp.arch import Architecture, load_architecture
-from ckptd.convert.fsdp.dcp import DcpSource, TensorEntry
 from ckptd.convert.fsdp.fullpt import FullPtSource
 from ckptd.convert.fsdp.layout import FsdpFiles, locate, step_of
 from ckptd.convert.fsdp.plan import FsdpPlan, batches, build_plan
+from ckptd.convert.fsdp.source import TensorSource
 from ckptd.convert.fsdp.stream import StreamingShardWriter
 from ckptd.convert.hfdir import load_config
 from ckptd.convert.writer import ShardPlan, ShardRecord
@@ -32,19 +32,11 @@ log = structlog.get_logger("ckptd.convert")
 BATCH_BYTES = 128 * 1024**2
 
 
-class TensorSource(Protocol):
-    reader: str
-    entries: dict[str, TensorEntry]
-
-    @property
-    def layout(self) -> dict[str, Any]: ...
-
-    def load(self, names: list[str]) -> dict[str, torch.Tensor]: ...
-
-
 def open_source(info: SourceInfo) -> TensorSource:
     dcp_dir = info.details.get("dcp_dir")
     if info.reader == "dcp" and dcp_dir:
+        from ckptd.convert.fsdp.dcp import DcpSource  # torch.distributed: only when reading DCP
+
         return DcpSource(Path(dcp_dir))
     return FullPtSource(Path(info.details["full_weights"]))
 

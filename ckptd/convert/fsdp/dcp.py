@@ -11,7 +11,6 @@ from __future__ import annotations
 import pickle
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,9 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from ckptd.convert.fsdp.keys import first, relative_key, select_model_path
+from ckptd.convert.fsdp.source import METADATA_NAME, TensorEntry
 from ckptd.errors import ConversionError, UnsafePickleError
 
-METADATA_NAME = ".metadata"
 _METADATA_CLASSES = frozenset(
     {
         "Metadata",
@@ -93,19 +92,6 @@ class _SafeReader(FileSystemReader):
             self._metadata.storage_meta = StorageMeta()
         self._metadata.storage_meta.load_id = self.load_id
         return self._metadata
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * self.dtype.itemsize
 
 
 class DcpSource:

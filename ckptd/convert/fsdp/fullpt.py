@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ckptd.convert.fsdp.dcp import TensorEntry
 from ckptd.convert.fsdp.keys import MODEL_PATHS
+from ckptd.convert.fsdp.source import TensorEntry
 from ckptd.errors import ConversionError, UnsafePickleError
 
 FULL_WEIGHTS_NAMES = ("full_weights.pt", "full_weigths.pt")  # the second is the docs' spelling (§1.2)

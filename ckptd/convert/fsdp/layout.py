@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptd.convert.fsdp.dcp import METADATA_NAME
 from ckptd.convert.fsdp.fullpt import FULL_WEIGHTS_NAMES, is_complete_zip
+from ckptd.convert.fsdp.source import METADATA_NAME
 from ckptd.errors import ConversionError, IncompleteCheckpointError
 
 _STEP = re.compile(r"^global_step_(\d+)$")

@@ -10,8 +10,8 @@ import torch
 
 from ckptd.convert.dtypes import output_dtype
 from ckptd.convert.fsdp.arch import Architecture
-from ckptd.convert.fsdp.dcp import TensorEntry
 from ckptd.convert.fsdp.keys import LoraPair, drop_tied_head, map_keys, natural_key, vocab_rows_to_trim
+from ckptd.convert.fsdp.source import TensorEntry
 from ckptd.convert.writer import ShardPlan, TensorSpec, plan_shards
 from ckptd.errors import ConversionError
 from ckptd.verify.checks import check_keys
