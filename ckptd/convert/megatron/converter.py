@@ -28,7 +28,7 @@ from ckptd.models import Architecture, Dims, architecture_for, dims_from_config,
 log = structlog.get_logger("ckptd.convert")
 
 MEMORY_ENV = "CKPTD_CONVERT_MEMORY_MB"
-DEFAULT_MEMORY_MB = 512
+DEFAULT_MEMORY_MB = 384
 
 
 @dataclass

@@ -11,9 +11,9 @@ import torch
 
 from ckptd.convert.writer import ShardedWriter, ShardPlan, ShardRecord
 
-# A shard in flight costs about this many times its size: the merged tensors, safetensors'
-# serialisation buffer, and the source pages of the item being merged.
-SHARD_MEMORY_FACTOR = 3
+# A shard in flight costs about this many times its size: the merged tensors (the writer streams
+# them to disk without a copy) and the source pages of the item being merged.
+SHARD_MEMORY_FACTOR = 2
 
 
 class MemoryGate:
