@@ -10,6 +10,8 @@ import torch
 
 from ckptd.convert.api import ConvertRequest
 from ckptd.convert.fsdp.converter import FsdpConverter
+from ckptd.convert.pipeline import DirectHooks, convert_checkpoint
+from ckptd.errors import LeaseLostError
 from ckptd.verify.checks import read_shapes
 from tests.factories.fsdp import WrittenCkpt, standard_checkpoints
 from tests.factories.tiny_hf import logits_of, sample_input_ids, state_dict_of
@@ -92,3 +94,46 @@ def test_plan_describes_without_writing(ckpts: dict[str, WrittenCkpt], tmp_path:
     assert plan["dtype"] == "bfloat16" and plan["layout"]["dcp_files"] == 2
     assert plan["bytes_to_write"] * 2 == plan["bytes_to_read"]  # fp32 read, bf16 written
     assert not (tmp_path / "x").exists()
+
+
+def test_vocab_padding_rows_are_trimmed_and_fp16_config(
+    ckpts: dict[str, WrittenCkpt], tmp_path: Path
+) -> None:
+    ckpt = ckpts["qwen2"]
+    state = torch.load(ckpt.full_weights, weights_only=True)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[name] = torch.cat([state[name], torch.full((32, state[name].shape[1]), 7.0)])
+    padded = tmp_path / "padded" / "full_weights.pt"
+    padded.parent.mkdir()
+    torch.save(state, padded)
+    out = tmp_path / "hf"
+    convert(padded, out, base_model=ckpt.base_dir, dtype="fp16")
+    assert_bit_exact(read_output(out), state_dict_of(ckpt.model), torch.float16)
+    assert any("vocab padding rows" in w for w in manifest(out)["warnings"])
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "float16"
+
+
+class _Hooks(DirectHooks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def progress(self, done_bytes: int, total_bytes: int) -> None:
+        self.seen.append((done_bytes, total_bytes))
+
+    def check_alive(self) -> None:
+        if len(self.seen) >= 2:
+            raise LeaseLostError("lease lost")
+
+
+def test_progress_per_shard_and_lost_lease_publishes_nothing(
+    ckpts: dict[str, WrittenCkpt], tmp_path: Path
+) -> None:
+    out = tmp_path / "hf"
+    hooks = _Hooks()
+    request = ConvertRequest(source=ckpts["llama"].step_dir, output=out, max_shard_bytes=20_000)
+    with pytest.raises(LeaseLostError):
+        convert_checkpoint(request, hooks)
+    assert not out.exists()
+    assert len(hooks.seen) == 2 and hooks.seen[0][0] < hooks.seen[1][0] <= hooks.seen[1][1]
