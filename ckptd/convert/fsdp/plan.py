@@ -10,7 +10,14 @@ import torch
 
 from ckptd.convert.dtypes import output_dtype
 from ckptd.convert.fsdp.arch import Architecture
-from ckptd.convert.fsdp.keys import LoraPair, drop_tied_head, map_keys, natural_key, vocab_rows_to_trim
+from ckptd.convert.fsdp.keys import (
+    KeyMap,
+    LoraPair,
+    drop_tied_head,
+    map_keys,
+    natural_key,
+    vocab_rows_to_trim,
+)
 from ckptd.convert.fsdp.source import TensorEntry
 from ckptd.convert.writer import ShardPlan, TensorSpec, plan_shards
 from ckptd.errors import ConversionError
@@ -58,6 +65,30 @@ def _lora_ranks(lora: Mapping[str, LoraPair], entries: Mapping[str, TensorEntry]
     return ranks
 
 
+def _out_tensors(
+    keymap: KeyMap,
+    entries: Mapping[str, TensorEntry],
+    arch: Architecture,
+    target: torch.dtype | None,
+    *,
+    merge: bool,
+    dropped: str | None,
+) -> tuple[dict[str, OutTensor], dict[str, tuple[int, ...]], list[str]]:
+    tensors: dict[str, OutTensor] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    warnings: list[str] = []
+    for name, src in keymap.weights.items():
+        entry = entries[src]
+        keep = vocab_rows_to_trim(name, entry.shape, arch.expected)
+        if keep is not None:
+            warnings.append(f"{name}: {entry.shape[0] - keep} vocab padding rows beyond {keep} dropped")
+        shapes[name] = (keep, *entry.shape[1:]) if keep is not None else entry.shape
+        pair = keymap.lora.get(name) if merge else None
+        same_as = dropped if dropped and name == "model.embed_tokens.weight" else None
+        tensors[name] = OutTensor(name, src, keep, pair, output_dtype(name, entry.dtype, target), same_as)
+    return tensors, shapes, warnings
+
+
 def build_plan(
     entries: Mapping[str, TensorEntry],
     arch: Architecture,
@@ -74,18 +105,7 @@ def build_plan(
             "differ); use --lora adapter"
         )
     dropped = drop_tied_head(keymap, arch.tied)
-    tensors: dict[str, OutTensor] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    warnings: list[str] = []
-    for name, src in keymap.weights.items():
-        entry = entries[src]
-        keep = vocab_rows_to_trim(name, entry.shape, arch.expected)
-        if keep is not None:
-            warnings.append(f"{name}: {entry.shape[0] - keep} vocab padding rows beyond {keep} dropped")
-        shapes[name] = (keep, *entry.shape[1:]) if keep is not None else entry.shape
-        pair = keymap.lora.get(name) if merge else None
-        same_as = dropped if dropped and name == "model.embed_tokens.weight" else None
-        tensors[name] = OutTensor(name, src, keep, pair, output_dtype(name, entry.dtype, target), same_as)
+    tensors, shapes, warnings = _out_tensors(keymap, entries, arch, target, merge=merge, dropped=dropped)
     check_keys(shapes, arch.expected, where)
     orphans = sorted(set(keymap.lora) - set(tensors))
     if orphans:
