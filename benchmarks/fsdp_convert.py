@@ -163,67 +163,77 @@ def _convert(step_or_file: Path, out: Path, base: Path, shard: str) -> str:
     )
 
 
+class _Runner:
+    """Times commands with the checkpoint's pages evicted first; keeps the table rows."""
+
+    def __init__(self, inputs: list[Path], out: Path) -> None:
+        self.inputs, self.out = inputs, out
+        self.rows: list[tuple[str, float, int]] = []
+
+    def run(self, label: str, command: str, cleanup: list[Path]) -> None:
+        drop_caches(self.inputs)
+        label = f"{label} [load {os.getloadavg()[0]:.1f}]"  # other work on the host skews wall times
+        wall, rss = timed(command)
+        if (self.out / "ckptd.json").is_file():
+            manifest = json.loads((self.out / "ckptd.json").read_text())
+            in_process = sum(manifest["timings_s"].values())
+            stream = manifest["extra"]["stream_seconds"]
+            label = f"{label}; in-process {in_process:.2f}s, of which read+write+hash {stream:.2f}s"
+        self.rows.append((label, wall, rss))
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        print(f"    {label}: {wall:.1f}s {rss} MiB", file=sys.stderr, flush=True)
+
+
+def _commands(root: Path, step: Path, base: Path, full: bool) -> list[tuple[str, str, list[Path]]]:
+    actor = step / "actor"
+    pt = actor / "model_state_dict" / "full_weights.pt"
+    out, floor, naive, tmp_pt = root / "out", root / "floor.bin", root / "naive.st", root / "dcp.pt"
+    floor_cmd = f"cat {pt} > /dev/null && dd if={pt} of={floor} bs=16M conv=fsync status=none"
+    rows = [
+        (
+            f"I/O floor: cat model bytes + cp with fsync ({pt.stat().st_size / 1e9:.2f} GB)",
+            floor_cmd,
+            [floor],
+        ),
+        ("ckptd convert from DCP (5GB shards)", _convert(step, out, base, "5GB"), [out]),
+        ("ckptd convert from DCP (500MB shards)", _convert(step, out, base, "500MB"), [out]),
+    ]
+    if not full:
+        return rows
+    return [
+        *rows,
+        ("ckptd convert from full_weights.pt (5GB shards)", _convert(pt, out, base, "5GB"), [out]),
+        ("ckptd convert from full_weights.pt (500MB shards)", _convert(pt, out, base, "500MB"), [out]),
+        ("naive: torch.load(full_weights.pt) + save_file", f"{PYTHON} -c '{NAIVE_PT}' {pt} {naive}", [naive]),
+        (
+            "naive: dcp_to_torch_save + torch.load + save_file",
+            f"{PYTHON} -c '{NAIVE_DCP}' {actor / 'dcp_checkpoint'} {tmp_pt} {naive}",
+            [naive, tmp_pt],
+        ),
+    ]
+
+
 def measure(root: Path, layers: int, full: bool) -> list[tuple[str, float, int]]:
     started = time.monotonic()
     base, step = make_checkpoint(root, layers)
     actor = step / "actor"
     pt = actor / "model_state_dict" / "full_weights.pt"
     dcp_files = sorted((actor / "dcp_checkpoint").iterdir())
-    inputs = [pt, *dcp_files]
-    model_gb = pt.stat().st_size / 1e9
     dcp_gb = sum(p.stat().st_size for p in dcp_files) / 1e9
     print(
-        f"  {layers} layers: model {model_gb:.2f} GB, DCP {dcp_gb:.2f} GB, written in "
+        f"  {layers} layers: model {pt.stat().st_size / 1e9:.2f} GB, DCP {dcp_gb:.2f} GB, written in "
         f"{time.monotonic() - started:.0f}s",
         file=sys.stderr,
         flush=True,
     )
-    rows: list[tuple[str, float, int]] = []
-    out = root / "out"
-
-    def run(label: str, command: str, cleanup: list[Path]) -> None:
-        drop_caches(inputs)
-        label = f"{label} [load {os.getloadavg()[0]:.1f}]"  # other work on the host skews wall times
-        rows.append((label, *timed(command)))
-        if (out / "ckptd.json").is_file():
-            manifest = json.loads((out / "ckptd.json").read_text())
-            in_process = sum(manifest["timings_s"].values())
-            stream = manifest["extra"]["stream_seconds"]
-            label = f"{label}; in-process {in_process:.2f}s, of which read+write+hash {stream:.2f}s"
-            rows[-1] = (label, *rows[-1][1:])
-        for path in cleanup:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        print(f"    {label}: {rows[-1][1]:.1f}s {rows[-1][2]} MiB", file=sys.stderr, flush=True)
-
+    runner = _Runner([pt, *dcp_files], root / "out")
     startup = f"{PYTHON} -c 'import torch, transformers, ckptd.convert.pipeline, ckptd.cli'"
-    rows.append(("interpreter start-up (imports, warm)", *timed(startup)))
-    floor = root / "floor.bin"
-    run(
-        f"I/O floor: cat model bytes + cp with fsync ({model_gb:.2f} GB)",
-        f"cat {pt} > /dev/null && dd if={pt} of={floor} bs=16M conv=fsync status=none",
-        [floor],
-    )
-    run("ckptd convert from DCP (5GB shards)", _convert(step, out, base, "5GB"), [out])
-    if full:
-        run("ckptd convert from DCP (500MB shards)", _convert(step, out, base, "500MB"), [out])
-        run("ckptd convert from full_weights.pt (5GB shards)", _convert(pt, out, base, "5GB"), [out])
-        run("ckptd convert from full_weights.pt (500MB shards)", _convert(pt, out, base, "500MB"), [out])
-        naive = root / "naive.safetensors"
-        run(
-            "naive: torch.load(full_weights.pt) + save_file",
-            f"{PYTHON} -c '{NAIVE_PT}' {pt} {naive}",
-            [naive],
-        )
-        tmp_pt = root / "dcp_to_torch_save.pt"
-        run(
-            "naive: dcp_to_torch_save + torch.load + save_file",
-            f"{PYTHON} -c '{NAIVE_DCP}' {actor / 'dcp_checkpoint'} {tmp_pt} {naive}",
-            [naive, tmp_pt],
-        )
-    else:
-        run("ckptd convert from DCP (500MB shards)", _convert(step, out, base, "500MB"), [out])
+    runner.rows.append(("interpreter start-up (imports, warm)", *timed(startup)))
+    for label, command, cleanup in _commands(root, step, base, full):
+        runner.run(label, command, cleanup)
     shutil.rmtree(root)
-    return rows
+    return runner.rows
 
 
 def main() -> None:
