@@ -256,3 +256,22 @@ def test_status_json_schema(tmp_path: Path) -> None:
         "hook",
     ]
     assert job["state"] == "queued" and job["step"] == 3 and job["error"] is None
+
+
+def test_daemon_converts_a_megatron_checkpoint(tmp_path: Path) -> None:
+    from tests.factories.megatron import MegatronLayout, assert_same_weights, save_megatron
+    from tests.factories.tiny_hf import logits_of, sample_input_ids
+
+    site = Site(tmp_path)
+    with DaemonProcess(site) as daemon:
+        wait_for(lambda: worker_pids(site), 60, "a worker")
+        # rank files first, tracker last, as Megatron's save_checkpoint does
+        save_megatron(site.root / "base", site.step_dir("mg", 10), MegatronLayout(tp=2, pp=2))
+        wait_for(lambda: states(site).get(10) == "done", 120, "the Megatron checkpoint converted")
+        daemon.terminate()
+    (job,) = site.jobs()
+    assert job.format == "megatron"
+    output = site.output_of("mg", 10)
+    assert_same_weights(site.root / "base", output)
+    ids = sample_input_ids(128)
+    assert torch.equal(logits_of(output, ids), logits_of(site.root / "base", ids))
