@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,19 +134,22 @@ class FsdpConverter:
         ctx = _Context(source, request)
         writer = StreamingShardWriter(staging, ctx.plan.shards)
         total = ctx.plan.bytes_out
-        done = [sum(s.nbytes for s in ctx.plan.shards if s.filename in set(writer.resumed))]
-        lock = threading.Lock()
+        # [finished shards' tensor bytes, bytes of the shard being written]; called in this thread.
+        done = [sum(s.nbytes for s in ctx.plan.shards if s.filename in set(writer.resumed)), 0]
+
+        def on_bytes(count: int) -> None:
+            done[1] += count
+            hooks.progress(min(done[0] + done[1], total), total)
 
         def on_shard(record: ShardRecord) -> None:
-            with lock:
-                done[0] += record.tensor_bytes
-                hooks.progress(done[0], total)
+            done[0], done[1] = done[0] + record.tensor_bytes, 0
+            hooks.progress(done[0], total)
             log.info("convert.shard_written", file=record.filename, tensors=len(record.tensors))
             hooks.check_alive()
 
         hooks.check_alive()
         streaming = time.monotonic()
-        writer.write_all_streaming(ctx.produce, on_shard=on_shard)
+        writer.write_all_streaming(ctx.produce, on_shard=on_shard, on_bytes=on_bytes)
         records = writer.finish()
         ctx.stream_seconds = time.monotonic() - streaming
         adapter_dir = _write_adapter(ctx, staging, request) if not ctx.merge and ctx.plan.lora else None

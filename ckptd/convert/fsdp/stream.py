@@ -9,6 +9,9 @@ index are the shared :class:`ShardedWriter`'s.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import json
 import os
@@ -96,6 +99,23 @@ def prefetch(batches: Iterator[_T]) -> Iterator[_T]:
                 continue
 
 
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _release_freed_heap() -> None:
+    """Give freed batch memory back to the OS. Batches are allocated in the prefetch thread's arena
+    and freed here; glibc raises its mmap threshold after large frees, so without a trim the freed
+    heap stays resident and RSS creeps up with the number of batches (i.e. with model size)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def _start_writeback(handle: BinaryIO, start: int) -> int:
     """Start writing ``[start, now)`` to disk without waiting (Linux: DONTNEED on dirty pages starts
     async writeback): the final fsync then has little left, and the output does not crowd the cache."""
@@ -107,13 +127,19 @@ def _start_writeback(handle: BinaryIO, start: int) -> int:
 
 
 class StreamingShardWriter(ShardedWriter):
-    def write_stream(self, shard: ShardPlan, batches: Iterable[Mapping[str, torch.Tensor]]) -> ShardRecord:
-        """Write ``shard`` from batches that arrive in plan order (each tensor exactly once)."""
+    def write_stream(
+        self,
+        shard: ShardPlan,
+        batches: Iterable[Mapping[str, torch.Tensor]],
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> ShardRecord:
+        """Write ``shard`` from batches that arrive in plan order (each tensor exactly once);
+        ``on_bytes(n)`` after each batch with its tensor bytes, in the calling thread (progress)."""
         specs = list(shard.tensors)
         final = self.staging / shard.filename
         temp = self.staging / f".{shard.filename}.tmp"
         digest = hashlib.sha256()
-        written = flushed = 0
+        written = flushed = batch_bytes = 0
         with temp.open("wb") as handle:
             head = header_bytes(specs)
             handle.write(head)
@@ -125,8 +151,14 @@ class StreamingShardWriter(ShardedWriter):
                     data = tensor_bytes(specs[written], tensor)
                     handle.write(data)
                     digest.update(data)
+                    batch_bytes += specs[written].nbytes
                     written += 1
                 flushed = _start_writeback(handle, flushed)
+                if on_bytes is not None:
+                    on_bytes(batch_bytes)
+                batch_bytes = 0
+                del batch  # drop the last reference before trimming
+                _release_freed_heap()
             if written != len(specs):
                 raise ConversionError(f"{shard.filename}: {specs[written].name} never arrived")
             handle.flush()
@@ -148,6 +180,7 @@ class StreamingShardWriter(ShardedWriter):
         self,
         produce: Callable[[ShardPlan], Iterator[Mapping[str, torch.Tensor]]],
         on_shard: Callable[[ShardRecord], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         """Write every pending shard in order; reading runs one batch ahead, across shard ends too."""
         pending = self.pending()
@@ -160,7 +193,7 @@ class StreamingShardWriter(ShardedWriter):
 
         stream = prefetch(tagged())
         for shard in pending:
-            record = self.write_stream(shard, _until_end(stream))
+            record = self.write_stream(shard, _until_end(stream), on_bytes)
             if on_shard is not None:
                 on_shard(record)
 
