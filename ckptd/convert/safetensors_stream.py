@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+
+from ckptd.errors import ConversionError
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.bool: "BOOL",
@@ -39,22 +42,28 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 _WRITE_CHUNK = 64 * 1024 * 1024
 
 
-def _header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+def header_bytes(
+    layout: Iterable[tuple[str, Sequence[int], torch.dtype]], metadata: Mapping[str, str]
+) -> bytes:
+    """Length prefix + JSON header for tensors laid out back to back in ``layout`` order."""
     entries: dict[str, object] = {"__metadata__": dict(metadata)}
     offset = 0
-    for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
+    for name, shape, dtype in layout:
+        if dtype not in DTYPE_NAMES:
+            raise ConversionError(f"{name}: dtype {dtype} has no safetensors name")
+        size = math.prod(shape) * dtype.itemsize
         entries[name] = {
-            "dtype": DTYPE_NAMES[tensor.dtype],
-            "shape": list(tensor.shape),
+            "dtype": DTYPE_NAMES[dtype],
+            "shape": list(shape),
             "data_offsets": [offset, offset + size],
         }
         offset += size
     text = json.dumps(entries, separators=(",", ":")).encode()
-    return text + b" " * (-len(text) % 8)
+    text += b" " * (-len(text) % 8)  # tensor data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text
 
 
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes without a copy (it must be contiguous and on the CPU)."""
     flat = tensor.reshape(-1)
     if flat.numel() == 0:
@@ -67,14 +76,12 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata:
     """Write ``tensors`` (contiguous CPU tensors, each with its own storage) and return the file's sha256."""
     if sys.byteorder != "little":
         raise RuntimeError("safetensors files are little-endian; this host is not")
-    header = _header(tensors, metadata)
-    digest = hashlib.sha256()
+    header = header_bytes(((name, t.shape, t.dtype) for name, t in tensors.items()), metadata)
+    digest = hashlib.sha256(header)
     with path.open("wb") as handle:
-        for piece in (struct.pack("<Q", len(header)), header):
-            handle.write(piece)
-            digest.update(piece)
+        handle.write(header)
         for tensor in tensors.values():
-            data = _raw_bytes(tensor)
+            data = tensor_bytes(tensor)
             for start in range(0, len(data), _WRITE_CHUNK):
                 chunk = data[start : start + _WRITE_CHUNK]
                 handle.write(chunk)

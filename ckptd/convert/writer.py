@@ -159,19 +159,25 @@ class ShardedWriter:
 
     def write(self, shard: ShardPlan, tensors: Mapping[str, torch.Tensor]) -> ShardRecord:
         prepared = _prepare({spec.name: spec for spec in shard.tensors}, tensors)
-        final = self.staging / shard.filename
-        temp = self.staging / f".{shard.filename}.tmp"
+        temp = self.temp_path(shard)
         digest = write_safetensors(temp, prepared, {"format": "pt"})
         del prepared
         _fsync_path(temp)
+        return self.commit(shard, temp, digest)
+
+    def temp_path(self, shard: ShardPlan) -> Path:
+        return self.staging / f".{shard.filename}.tmp"
+
+    def commit(self, shard: ShardPlan, temp: Path, sha256: str) -> ShardRecord:
+        """Record a fully written and fsynced temp file as ``shard`` and give it its final name."""
         record = ShardRecord(
             filename=shard.filename,
-            sha256=digest,
+            sha256=sha256,
             file_bytes=temp.stat().st_size,
             tensor_bytes=shard.nbytes,
             tensors=tuple(spec.name for spec in shard.tensors),
         )
-        temp.rename(final)
+        temp.rename(self.staging / shard.filename)
         with self._lock:
             self._records[shard.filename] = record
             self._save_progress()

@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ckptd.convert.safetensors_stream import DTYPE_NAMES, write_safetensors
+from ckptd.errors import ConversionError
 
 
 def sample() -> dict[str, torch.Tensor]:
@@ -78,5 +79,5 @@ def test_every_torch_dtype_we_name_is_one_safetensors_reads() -> None:
 
 
 def test_unknown_dtype_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(ConversionError, match="c: dtype torch.complex64 has no safetensors name"):
         write_safetensors(tmp_path / "x", {"c": torch.zeros(2, dtype=torch.complex64)}, {})

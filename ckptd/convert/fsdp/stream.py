@@ -13,59 +13,31 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
-import json
 import os
 import queue
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, TypeVar
 
 import torch
 
+from ckptd.convert import safetensors_stream
 from ckptd.convert.writer import ShardedWriter, ShardPlan, ShardRecord, TensorSpec
 from ckptd.errors import ConversionError
 
-SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
-    torch.bfloat16: "BF16",
-    torch.float16: "F16",
-    torch.float32: "F32",
-    torch.float64: "F64",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 _DONE = object()
 _T = TypeVar("_T")
 
 
 def header_bytes(specs: Sequence[TensorSpec]) -> bytes:
     """The safetensors header for ``specs`` laid out in order, with ``{"format": "pt"}`` metadata."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for spec in specs:
-        if spec.dtype not in SAFETENSORS_DTYPES:
-            raise ConversionError(f"{spec.name}: dtype {spec.dtype} has no safetensors name")
-        end = offset + spec.nbytes
-        header[spec.name] = {
-            "dtype": SAFETENSORS_DTYPES[spec.dtype],
-            "shape": list(spec.shape),
-            "data_offsets": [offset, end],
-        }
-        offset = end
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw
+    return safetensors_stream.header_bytes(((s.name, s.shape, s.dtype) for s in specs), {"format": "pt"})
 
 
 def tensor_bytes(spec: TensorSpec, tensor: torch.Tensor) -> memoryview:
     if tuple(tensor.shape) != spec.shape:
         raise ConversionError(f"{spec.name}: shape {tuple(tensor.shape)} differs from planned {spec.shape}")
-    flat = tensor.to(spec.dtype).contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().data
+    return safetensors_stream.tensor_bytes(tensor.to(spec.dtype).contiguous())
 
 
 def prefetch(batches: Iterator[_T]) -> Iterator[_T]:
@@ -136,8 +108,7 @@ class StreamingShardWriter(ShardedWriter):
         """Write ``shard`` from batches that arrive in plan order (each tensor exactly once);
         ``on_bytes(n)`` after each batch with its tensor bytes, in the calling thread (progress)."""
         specs = list(shard.tensors)
-        final = self.staging / shard.filename
-        temp = self.staging / f".{shard.filename}.tmp"
+        temp = self.temp_path(shard)
         digest = hashlib.sha256()
         written = flushed = batch_bytes = 0
         with temp.open("wb") as handle:
@@ -163,18 +134,7 @@ class StreamingShardWriter(ShardedWriter):
                 raise ConversionError(f"{shard.filename}: {specs[written].name} never arrived")
             handle.flush()
             os.fsync(handle.fileno())
-        record = ShardRecord(
-            filename=shard.filename,
-            sha256=digest.hexdigest(),
-            file_bytes=temp.stat().st_size,
-            tensor_bytes=shard.nbytes,
-            tensors=tuple(spec.name for spec in specs),
-        )
-        temp.rename(final)
-        with self._lock:
-            self._records[shard.filename] = record
-            self._save_progress()
-        return record
+        return self.commit(shard, temp, digest.hexdigest())
 
     def write_all_streaming(
         self,
