@@ -79,5 +79,5 @@ def test_every_torch_dtype_we_name_is_one_safetensors_reads() -> None:
 
 
 def test_unknown_dtype_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConversionError, match="c: dtype torch.complex64 has no safetensors name"):
+    with pytest.raises(ConversionError, match=r"c: dtype torch\.complex64 has no safetensors name"):
         write_safetensors(tmp_path / "x", {"c": torch.zeros(2, dtype=torch.complex64)}, {})
