@@ -89,6 +89,9 @@ def convert(
     lora_config: Annotated[Path | None, typer.Option(help="adapter_config.json giving lora_alpha.")] = None,
     max_shard_size: Annotated[str, typer.Option(help="Output shard size, e.g. 5GB, 500MB.")] = "5GB",
     threads: Annotated[int, typer.Option(help="Shards converted in parallel.")] = 2,
+    memory_budget: Annotated[
+        str | None, typer.Option(help="Shard bytes in flight (Megatron), e.g. 512MiB.")
+    ] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Print what would be done; convert nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output dir.")] = False,
 ) -> None:
@@ -106,6 +109,7 @@ def convert(
             max_shard_size=max_shard_size,
             threads=threads,
             force=force,
+            memory_budget=memory_budget,
         )
         run_convert(request, plan=plan)
     except CkptdError as exc:

@@ -73,6 +73,7 @@ class WorkersConfig:
     poll_seconds: float = 2.0
     threads: int = 2
     max_shard_size: int = 5 * 1000**3
+    memory_mb: int | None = None  # shards in flight per conversion (Megatron); None: 384 MiB
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ _UNITS = {
 }
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--max-shard-size") -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else ""
     if match is None or unit not in _UNITS:
-        raise ConfigError(f"--max-shard-size: cannot read {text!r}; use e.g. 5GB, 500MB, 2GiB")
+        raise ConfigError(f"{option}: cannot read {text!r}; use e.g. 5GB, 500MB, 2GiB")
     return int(float(match.group(1)) * _UNITS[unit])
 
 
@@ -59,6 +59,7 @@ def build_request(
     max_shard_size: str,
     threads: int,
     force: bool,
+    memory_budget: str | None = None,
 ) -> ConvertRequest:
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -74,6 +75,7 @@ def build_request(
         max_shard_bytes=parse_size(max_shard_size),
         threads=max(1, threads),
         force=force,
+        memory_budget_bytes=parse_size(memory_budget, "--memory-budget") if memory_budget else None,
     )
 
 

@@ -31,6 +31,8 @@ class ConvertRequest:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     threads: int = 4
     force: bool = False
+    # Bytes of shards in flight at once (Megatron); None: CKPTD_CONVERT_MEMORY_MB or the default.
+    memory_budget_bytes: int | None = None
 
 
 @dataclass

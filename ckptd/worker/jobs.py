@@ -21,6 +21,7 @@ def job_options(watch: WatchConfig, workers: WorkersConfig) -> dict[str, Any]:
         "lora_config": str(watch.lora_config) if watch.lora_config else None,
         "max_shard_size": workers.max_shard_size,
         "threads": workers.threads,
+        "memory_budget_bytes": workers.memory_mb * 1024 * 1024 if workers.memory_mb else None,
         "on_done": list(watch.on_done),
         "hook_timeout": watch.hook_timeout,
     }
@@ -42,6 +43,7 @@ def request_for(source: str, output: str, options: dict[str, Any]) -> ConvertReq
         lora_config=optional_path("lora_config"),
         max_shard_bytes=int(options.get("max_shard_size") or 5 * 1000**3),
         threads=int(options.get("threads") or 2),
+        memory_budget_bytes=options.get("memory_budget_bytes"),
     )
 
 

@@ -250,12 +250,15 @@ class MegatronConverter:
         return SourceInfo(format="megatron", checkpoint_dir=actor, reader="megatron_legacy", step=step)
 
     def plan(self, source: SourceInfo, request: ConvertRequest) -> dict[str, Any]:
-        return describe(prepare(source, request, self.memory_budget_bytes), source)
+        return describe(prepare(source, request, self._budget(request)), source)
+
+    def _budget(self, request: ConvertRequest) -> int | None:
+        return self.memory_budget_bytes or request.memory_budget_bytes
 
     def write_weights(
         self, source: SourceInfo, request: ConvertRequest, staging: Path, hooks: ConvertHooks
     ) -> WeightsReport:
-        job = prepare(source, request, self.memory_budget_bytes)
+        job = prepare(source, request, self._budget(request))
         writer = ShardedWriter(staging, job.shards)
         total = sum(s.nbytes for s in job.shards)
         resumed = writer.resumed
