@@ -12,7 +12,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/ckptd/.venv/bin:$PATH \
     CKPTD_CONFIG=/etc/ckptd/ckptd.toml \
-    CKPTD_DATABASE_URL=sqlite:////var/lib/ckptd/ckptd.db
+    XDG_STATE_HOME=/var/lib
 
 RUN groupadd --system --gid 10001 ckptd \
  && useradd --system --uid 10001 --gid ckptd --home-dir /var/lib/ckptd --create-home ckptd
