@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -88,16 +88,6 @@ def _release_freed_heap() -> None:
         libc.malloc_trim(0)
 
 
-def _start_writeback(handle: BinaryIO, start: int) -> int:
-    """Start writing ``[start, now)`` to disk without waiting (Linux: DONTNEED on dirty pages starts
-    async writeback): the final fsync then has little left, and the output does not crowd the cache."""
-    handle.flush()
-    end = handle.tell()
-    if hasattr(os, "posix_fadvise") and end > start:
-        os.posix_fadvise(handle.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
-    return end
-
-
 class StreamingShardWriter(ShardedWriter):
     def write_stream(
         self,
@@ -124,7 +114,7 @@ class StreamingShardWriter(ShardedWriter):
                     digest.update(data)
                     batch_bytes += specs[written].nbytes
                     written += 1
-                flushed = _start_writeback(handle, flushed)
+                flushed = safetensors_stream.start_writeback(handle, flushed)
                 if on_bytes is not None:
                     on_bytes(batch_bytes)
                 batch_bytes = 0
