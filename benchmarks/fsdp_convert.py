@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import evict, timed  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -117,27 +116,7 @@ def make_checkpoint(root: Path, layers: int) -> tuple[Path, Path]:
 def drop_caches(paths: list[Path]) -> None:
     """Evict the checkpoint files (only) from the page cache: cold reads, warm interpreter (a daemon's
     workers have their imports loaded; a global drop_caches would time the venv's disk reads too)."""
-    os.sync()
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def timed(command: str) -> tuple[float, int]:
-    """(wall seconds, peak RSS MiB) of a shell command under /usr/bin/time -v."""
-    result = subprocess.run(
-        ["/usr/bin/time", "-v", "bash", "-c", command], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"{command!r} failed: {result.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    assert wall and rss, result.stderr
-    hours, minutes, seconds = wall.groups()
-    return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds), int(rss.group(1)) // 1024
+    evict(paths)
 
 
 NAIVE_PT = """

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _timing import evict, timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ckptd.models import architecture_for, dims_from_config, expected_shapes  # noqa: E402
 from tests.factories.megatron import MegatronLayout, save_megatron  # noqa: E402
@@ -63,27 +64,7 @@ def drop_caches(paths: list[Path]) -> None:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
         return
     except OSError:
-        pass
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def timed(command: str) -> tuple[float, int]:
-    """(wall seconds, peak RSS MiB) of a shell command under /usr/bin/time -v."""
-    result = subprocess.run(
-        ["/usr/bin/time", "-v", "bash", "-c", command], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"{command!r} failed: {result.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    assert wall and rss, result.stderr
-    hours, minutes, seconds = wall.groups()
-    return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds), int(rss.group(1)) // 1024
+        evict(paths)
 
 
 def best(command: str, repeat: int, inputs: list[Path], before: str = "") -> tuple[float, int]:

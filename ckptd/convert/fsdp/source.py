@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ckptd.convert.writer import tensor_nbytes
+
 METADATA_NAME = ".metadata"  # DCP's; written last and atomically (formats.md §1.3)
 
 
@@ -19,10 +21,7 @@ class TensorEntry:
 
     @property
     def nbytes(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * self.dtype.itemsize
+        return tensor_nbytes(self.shape, self.dtype)
 
 
 class TensorSource(Protocol):
