@@ -25,7 +25,9 @@ def get_converter(name: str) -> Converter:
 
 def detect(source: Path) -> tuple[Converter, SourceInfo]:
     if not source.exists():
-        raise SourceRemovedError(f"{source}: does not exist (removed by the trainer?)")
+        raise SourceRemovedError(
+            f"{source}: does not exist (check the path; keep-last-N may delete old steps)"
+        )
     for converter in converters():
         info = converter.probe(source)
         if info is not None:
