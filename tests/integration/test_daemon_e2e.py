@@ -108,7 +108,7 @@ def _first_shard_written(site: Site, experiment: str, step: int) -> bool:
 
 def test_worker_killed_mid_conversion_is_rerun_and_nothing_partial_is_visible(tmp_path: Path) -> None:
     site = Site(
-        tmp_path, hidden=768, layers=12, settings={"workers": {"max_shard_size": 1_000_000, "threads": 1}}
+        tmp_path, hidden=768, layers=24, settings={"workers": {"max_shard_size": 1_000_000, "threads": 1}}
     )
     state = site.model.state_dict()
     state = {k: v.clone() for k, v in state.items()}
@@ -137,7 +137,7 @@ def test_a_paused_worker_whose_lease_was_taken_cannot_publish(tmp_path: Path) ->
     site = Site(
         tmp_path,
         hidden=768,
-        layers=12,
+        layers=24,
         settings={
             "workers": {"count": 2, "max_shard_size": 1_000_000, "threads": 1},
             "queue": {"max_attempts": 50},
