@@ -60,9 +60,15 @@ def status_json(jobs: Iterable[Job]) -> dict[str, Any]:
 
 
 def _duration(job: Job) -> str:
+    """Conversion time: so far while running, final once finished; blank while queued or held."""
     if job.started_at is None:
         return ""
-    end = job.finished_at if job.finished_at is not None else datetime.now(UTC).timestamp()
+    if job.finished_at is not None:
+        end = job.finished_at
+    elif str(job.state) == "running":
+        end = datetime.now(UTC).timestamp()
+    else:
+        return ""
     return f"{max(0.0, end - job.started_at):.1f}s"
 
 
