@@ -29,6 +29,11 @@ def ckptd_status(site: Site, *args: str) -> str:
     ).stdout
 
 
+def _held_table(site: Site) -> str | None:
+    table = ckptd_status(site)
+    return table if "│ waiting │" in table else None
+
+
 def test_job_waits_for_disk_space_then_converts_with_a_smaller_reserve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -42,7 +47,8 @@ def test_job_waits_for_disk_space_then_converts_with_a_smaller_reserve(
         job = site.jobs()[0]
         # Tried again after recheck_seconds and held again: still short, still not an attempt.
         wait_for(lambda: [e.event for e in repo.events(job.id)].count("held") >= 2, 30, "a second hold")
-        table = ckptd_status(site)
+        # Every recheck_seconds the job is claimed (running) for a moment, then held again.
+        table = wait_for(lambda: _held_table(site), 30, "a status table showing the held job")
         assert daemon.terminate() == 0
     job = site.jobs()[0]
     assert str(job.state) == "waiting"
