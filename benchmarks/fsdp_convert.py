@@ -25,25 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _timing import evict, timed  # benchmarks/ is on sys.path when run as a script
+from _common import MODEL_CONFIG, evict, timed  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 2,
-    "vocab_size": 32000,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "dtype": "bfloat16",
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
+CONFIG = MODEL_CONFIG
 _FULL: dict[str, torch.Tensor] = {}  # inherited by the forked ranks
 
 

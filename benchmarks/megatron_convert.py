@@ -22,26 +22,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _timing import evict, timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import MODEL_CONFIG, evict, timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ckptd.models import architecture_for, dims_from_config, expected_shapes  # noqa: E402
 from tests.factories.megatron import MegatronLayout, save_megatron  # noqa: E402
 
-CONFIG = {
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 2,
-    "vocab_size": 32000,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "dtype": "bfloat16",
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
+CONFIG = MODEL_CONFIG
 
 
 def make_checkpoint(root: Path, layers: int) -> tuple[Path, Path]:

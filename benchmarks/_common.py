@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: time a command under /usr/bin/time -v, evict files from the cache."""
+"""Shared by the converter benchmarks: the ~2 GB model config, /usr/bin/time -v, cache eviction."""
 
 from __future__ import annotations
 
@@ -6,6 +6,24 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
+
+# Qwen2-style, bf16: 20 layers ≈ 2.02 GB, 40 layers ≈ 3.79 GB (num_hidden_layers set per run).
+MODEL_CONFIG: dict[str, Any] = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 def evict(paths: list[Path]) -> None:
