@@ -14,17 +14,29 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msg
 _SKIP_NAMES = {"config.json", "ckptd.json", "adapter_config.json", "adapter_model.safetensors"}
 
 
-def load_config(base_dir: Path) -> dict[str, Any]:
-    path = base_dir / "config.json"
+def read_json_object(
+    path: Path, *, required_key: str, not_found: str, invalid: str, missing_key: str
+) -> dict[str, Any]:
+    """A JSON object that has ``required_key``; each failure is a one-line ConfigError naming ``path``."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; --base-model must be a HuggingFace model dir") from None
+        raise ConfigError(f"{path}: {not_found}") from None
     except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); fix or replace the base model") from None
-    if not isinstance(data, dict) or "model_type" not in data:
-        raise ConfigError(f"{path}: no model_type; --base-model must be a HuggingFace model dir")
+        raise ConfigError(f"{path}: not valid JSON ({exc}){invalid}") from None
+    if not isinstance(data, dict) or required_key not in data:
+        raise ConfigError(f"{path}: {missing_key}")
     return data
+
+
+def load_config(base_dir: Path) -> dict[str, Any]:
+    return read_json_object(
+        base_dir / "config.json",
+        required_key="model_type",
+        not_found="not found; --base-model must be a HuggingFace model dir",
+        invalid="; fix or replace the base model",
+        missing_key="no model_type; --base-model must be a HuggingFace model dir",
+    )
 
 
 def _is_asset(path: Path) -> bool:

@@ -16,7 +16,8 @@ import structlog
 import torch
 from safetensors.torch import save_file
 
-from ckptd.errors import ConfigError, ConversionError
+from ckptd.convert.hfdir import read_json_object
+from ckptd.errors import ConversionError
 
 log = structlog.get_logger("ckptd.convert")
 
@@ -39,16 +40,13 @@ class LoraSettings:
 
 
 def read_adapter_config(path: Path) -> dict[str, Any]:
-    file = path / ADAPTER_CONFIG if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: --lora-config must be a PEFT adapter_config.json or its dir") from None
-    except ValueError as exc:
-        raise ConfigError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or "lora_alpha" not in data:
-        raise ConfigError(f"{file}: no lora_alpha; not a PEFT LoRA adapter_config.json")
-    return data
+    return read_json_object(
+        path / ADAPTER_CONFIG if path.is_dir() else path,
+        required_key="lora_alpha",
+        not_found="--lora-config must be a PEFT adapter_config.json or its dir",
+        invalid="",
+        missing_key="no lora_alpha; not a PEFT LoRA adapter_config.json",
+    )
 
 
 def trainer_lora_config(trainer: Mapping[str, Any] | None) -> dict[str, Any] | None:
