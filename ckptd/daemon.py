@@ -134,7 +134,8 @@ class Daemon:
         if ping or now - self._last_tick_write >= _TICK_WRITE_SECONDS:
             self.repo.worker_heartbeat(self.supervisor_id)
             self._last_tick_write = now
-        self.notifier.status(self.status_line())
+        if self.notifier.enabled:  # the counts cost a query: only when systemd is listening
+            self.notifier.status(self.status_line())
         if ping:
             self.notifier.watchdog(now)
 
